@@ -1,0 +1,21 @@
+"""Project pipelines: one modular pipeline per stage, ``full`` = all training stages + evaluation."""
+
+from __future__ import annotations
+
+from kedro.pipeline import Pipeline
+
+from tokenrec_pipeline.pipelines import ingestion, preprocessing
+
+
+def register_pipelines() -> dict[str, Pipeline]:
+    """Register the project's pipelines.
+
+    Returns:
+        A mapping from pipeline names to ``Pipeline`` objects.
+    """
+    stages = {
+        "ingestion": ingestion.create_pipeline(),
+        "preprocessing": preprocessing.create_pipeline(),
+    }
+    full = sum(stages.values(), Pipeline([]))
+    return {**stages, "full": full, "__default__": full}

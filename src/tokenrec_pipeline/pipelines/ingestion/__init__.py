@@ -1,0 +1,5 @@
+"""Ingestion: one named source (or the synthetic default) -> the ``interactions`` table."""
+
+from .pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]

@@ -1,0 +1,54 @@
+"""Nodes of the preprocessing stage (thin wrappers over ``tokenrec_pipeline.data.preprocess``)."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from tokenrec_pipeline.data.preprocess import (
+    dataset_statistics,
+    filter_k_core,
+    split_leave_one_out,
+    to_implicit_feedback,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def make_implicit_feedback(interactions: pd.DataFrame, preprocessing: dict) -> pd.DataFrame:
+    """Threshold ratings (``preprocessing.rating_threshold``, null keeps all) and dedupe pairs."""
+    return to_implicit_feedback(interactions, preprocessing.get("rating_threshold"))
+
+
+def apply_k_core(implicit_interactions: pd.DataFrame, preprocessing: dict) -> pd.DataFrame:
+    """Iterative k-core with ``preprocessing.k_core``."""
+    return filter_k_core(implicit_interactions, int(preprocessing.get("k_core", 5)))
+
+
+def split_interactions(
+    k_core_interactions: pd.DataFrame, preprocessing: dict, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Contiguous ids, unseen-user holdout and chronological leave-one-out splits."""
+    strategy = preprocessing.get("split_strategy", "leave_one_out")
+    if strategy != "leave_one_out":
+        raise ValueError(f"preprocessing.split_strategy={strategy!r}: only 'leave_one_out' is implemented.")
+    return split_leave_one_out(
+        k_core_interactions, float(preprocessing.get("unseen_user_fraction", 0.1)), seed
+    )
+
+
+def summarise_dataset(interactions_split: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """Statistics table + the same figures as MLflow metrics (``data.<scope>.<statistic>``)."""
+    stats = dataset_statistics(interactions_split)
+    metrics = {
+        f"data.{row['scope']}.{column}": {"value": float(row[column]), "step": 0}
+        for row in stats.to_dict("records")
+        for column in ("users", "items", "interactions", "density", "mean_history")
+    }
+    overall = stats.iloc[0]
+    logger.info(
+        "Dataset: %d users, %d items, %d interactions (density %.4f%%)",
+        overall["users"], overall["items"], overall["interactions"], 100 * overall["density"],
+    )
+    return stats, metrics

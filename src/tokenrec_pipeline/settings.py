@@ -1,0 +1,15 @@
+"""Project settings (Kedro defaults apart from the hooks and the config loader arguments)."""
+
+from kedro.config import OmegaConfigLoader
+
+from tokenrec_pipeline.hooks import RunRecordHooks
+
+# kedro-mlflow registers its own hooks through its entry point; ours add the git commit and
+# the dataset statistics to the MLflow run it opens.
+HOOKS = (RunRecordHooks(),)
+
+CONFIG_LOADER_CLASS = OmegaConfigLoader
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+}
