@@ -65,7 +65,8 @@ def _parse_timestamps(values: pd.Series, source: str, column: str, fmt: str | No
             f"{example!r}. Use Unix seconds/milliseconds or ISO dates, or set "
             "ingestion.tabular.timestamp_format."
         )
-    return (parsed.astype("int64") // 1_000_000_000).astype(np.int64)
+    # pandas 3 may store seconds or microseconds: divide by a Timedelta, not a fixed 1e9.
+    return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).astype(np.int64)
 
 
 def _check_header(path: Path, sep: str) -> list[str]:
