@@ -88,3 +88,77 @@ class AtomicCSVDataset(_AtomicSaveMixin, CSVDataset):
 
 class AtomicJSONDataset(_AtomicSaveMixin, JSONDataset):
     """``json.JSONDataset`` with atomic saves."""
+
+
+class SafetensorsDataset(AbstractDataset[dict, dict]):
+    """A dict of named tensors in one ``.safetensors`` file (no pickle), saved atomically."""
+
+    def __init__(self, filepath: str, metadata: dict | None = None):
+        self._filepath = Path(filepath)
+        self.metadata = metadata
+
+    def load(self) -> dict:
+        from safetensors.torch import load_file
+
+        return load_file(str(self._filepath))
+
+    def save(self, data: dict) -> None:
+        from safetensors.torch import save_file
+
+        self._filepath.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._filepath.with_name(f".{self._filepath.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            save_file({k: v.detach().cpu().contiguous() for k, v in data.items()}, str(tmp))
+            os.replace(tmp, self._filepath)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
+
+
+class ModelDirectoryDataset(AbstractDataset[Any, Any]):
+    """A model saved as a folder by its own ``save(folder)`` and read back by ``loader(folder)``.
+
+    ``loader`` is a dotted path to a function (e.g. ``tokenrec_pipeline.models.tokenizers.load_tokenizer``).
+    The model is written into a fresh sibling folder and swapped in with renames, so a failed save
+    leaves the previous model intact.
+    """
+
+    def __init__(self, path: str, loader: str, metadata: dict | None = None):
+        self._path = Path(path)
+        self._loader_path = loader
+        self.metadata = metadata
+
+    def _loader(self):
+        import importlib
+
+        module, _, name = self._loader_path.rpartition(".")
+        return getattr(importlib.import_module(module), name)
+
+    def load(self) -> Any:
+        return self._loader()(self._path)
+
+    def save(self, data: Any) -> None:
+        import shutil
+
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        staging = self._path.with_name(f".{self._path.name}.{uuid.uuid4().hex}.tmp")
+        retired = self._path.with_name(f".{self._path.name}.{uuid.uuid4().hex}.old")
+        try:
+            data.save(staging)
+            if self._path.exists():
+                os.replace(self._path, retired)
+            os.replace(staging, self._path)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(retired, ignore_errors=True)
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path), "loader": self._loader_path}
+
+    def _exists(self) -> bool:
+        return self._path.is_dir()
