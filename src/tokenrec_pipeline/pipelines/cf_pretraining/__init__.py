@@ -1,0 +1,5 @@
+"""CF pretraining: LightGCN / MF collaborative embeddings and the Pop/MF/LightGCN baselines."""
+
+from .pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]
