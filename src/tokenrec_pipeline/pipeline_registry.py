@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from tokenrec_pipeline.pipelines import cf_pretraining, ingestion, preprocessing
+from tokenrec_pipeline.pipelines import cf_pretraining, ingestion, preprocessing, tokenization
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -17,6 +17,7 @@ def register_pipelines() -> dict[str, Pipeline]:
         "ingestion": ingestion.create_pipeline(),
         "preprocessing": preprocessing.create_pipeline(),
         "cf_pretraining": cf_pretraining.create_pipeline(),
+        "tokenization": tokenization.create_pipeline(),
     }
     full = sum(stages.values(), Pipeline([]))
     return {**stages, "full": full, "__default__": full}
