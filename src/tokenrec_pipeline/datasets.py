@@ -123,14 +123,16 @@ class SafetensorsDataset(AbstractDataset[dict, dict]):
 class ModelDirectoryDataset(AbstractDataset[Any, Any]):
     """A model saved as a folder by its own ``save(folder)`` and read back by ``loader(folder)``.
 
-    ``loader`` is a dotted path to a function (e.g. ``tokenrec_pipeline.models.tokenizers.load_tokenizer``).
+    ``loader`` is a dotted path to a function (e.g. ``tokenrec_pipeline.models.tokenizers.load_tokenizer``);
+    ``saver`` the name of the model's method that writes the folder (``save`` or ``save_pretrained``).
     The model is written into a fresh sibling folder and swapped in with renames, so a failed save
     leaves the previous model intact.
     """
 
-    def __init__(self, path: str, loader: str, metadata: dict | None = None):
+    def __init__(self, path: str, loader: str, saver: str = "save", metadata: dict | None = None):
         self._path = Path(path)
         self._loader_path = loader
+        self._saver = saver
         self.metadata = metadata
 
     def _loader(self):
@@ -149,7 +151,7 @@ class ModelDirectoryDataset(AbstractDataset[Any, Any]):
         staging = self._path.with_name(f".{self._path.name}.{uuid.uuid4().hex}.tmp")
         retired = self._path.with_name(f".{self._path.name}.{uuid.uuid4().hex}.old")
         try:
-            data.save(staging)
+            getattr(data, self._saver)(staging)
             if self._path.exists():
                 os.replace(self._path, retired)
             os.replace(staging, self._path)
@@ -162,3 +164,28 @@ class ModelDirectoryDataset(AbstractDataset[Any, Any]):
 
     def _exists(self) -> bool:
         return self._path.is_dir()
+
+
+class FaissIndexDataset(AbstractDataset[Any, Any]):
+    """The item index (``tokenrec_pipeline.models.item_index.ItemIndex``) as one faiss file."""
+
+    def __init__(self, filepath: str, use_gpu: bool | str = "auto", metadata: dict | None = None):
+        self._filepath = Path(filepath)
+        self._use_gpu = use_gpu
+        self.metadata = metadata
+
+    def load(self) -> Any:
+        from tokenrec_pipeline.models.item_index import load_item_index
+
+        return load_item_index(self._filepath, use_gpu=self._use_gpu)
+
+    def save(self, data: Any) -> None:
+        from tokenrec_pipeline.models.item_index import save_item_index
+
+        save_item_index(data, self._filepath)  # writes a temp file, then renames
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()

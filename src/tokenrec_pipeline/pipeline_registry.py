@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from tokenrec_pipeline.pipelines import cf_pretraining, ingestion, preprocessing, tokenization
+from tokenrec_pipeline.pipelines import (
+    cf_pretraining,
+    evaluation,
+    indexing,
+    ingestion,
+    llm4rec,
+    preprocessing,
+    prompting,
+    tokenization,
+)
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -18,6 +27,10 @@ def register_pipelines() -> dict[str, Pipeline]:
         "preprocessing": preprocessing.create_pipeline(),
         "cf_pretraining": cf_pretraining.create_pipeline(),
         "tokenization": tokenization.create_pipeline(),
+        "prompting": prompting.create_pipeline(),
+        "llm4rec": llm4rec.create_pipeline(),
+        "indexing": indexing.create_pipeline(),
+        "evaluation": evaluation.create_pipeline(),
     }
     full = sum(stages.values(), Pipeline([]))
     return {**stages, "full": full, "__default__": full}

@@ -1,0 +1,5 @@
+"""llm4rec stage."""
+
+from .pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]

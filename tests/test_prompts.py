@@ -1,0 +1,71 @@
+"""Prompt rendering and samples: tokens in the right places, no template leaks the target."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from tokenrec_pipeline.prompts import PromptConfig, PromptConfigError, build_prompt_samples, render_prompt
+
+TEMPLATES = ["User {user} had {history}. Next?", "Recommend to {user}."]
+
+
+def _config(**overrides) -> PromptConfig:
+    params = {"train_templates": TEMPLATES, "test_template_id": 0, "unseen_template": "New: {user} after {history}",
+              "user_only_template": "Recommend to {user}.", "history_length": 2, **overrides}
+    return PromptConfig.from_params(params, seed=0)
+
+
+def _split() -> pd.DataFrame:
+    rows = [(0, i, t, s) for t, (i, s) in enumerate([(0, "train"), (1, "train"), (2, "train"), (3, "valid"), (4, "test")])]
+    rows += [(1, i, t, s) for t, (i, s) in enumerate([(2, "unseen_history"), (0, "unseen_history"), (5, "unseen_test")])]
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "split"])
+
+
+USER_TOKENS = pd.Series(["<u1-1><u2-2>", "<u1-3><u2-4>"])
+ITEM_TOKENS = pd.Series([f"<i1-{i}><i2-{i}>" for i in range(6)])
+
+
+def test_render_keeps_the_most_recent_items_in_order():
+    prompt = render_prompt(TEMPLATES[0], "<u1-1>", ["<i1-0>", "<i1-1>", "<i1-2>"], _config())
+    assert prompt == "User <u1-1> had item_<i1-1>, item_<i1-2>. Next?"
+
+
+def test_samples_follow_the_protocol_and_never_show_the_target():
+    train, valid, test = build_prompt_samples(_split(), USER_TOKENS, ITEM_TOKENS, _config())
+    assert train[["target_item"]].values.ravel().tolist() == [1, 2]  # prefixes [0] -> 1, [0, 1] -> 2
+    assert train["history"].map(list).tolist() == [[0], [0, 1]]
+    assert list(valid.iloc[0]["history"]) == [0, 1, 2] and valid.iloc[0]["target_item"] == 3
+    seen = test[(test["user_group"] == "seen") & (test["variant"] == "full")].iloc[0]
+    assert list(seen["history"]) == [0, 1, 2, 3] and seen["target_item"] == 4
+    assert seen["prompt"] == "User <u1-1><u2-2> had item_<i1-2><i2-2>, item_<i1-3><i2-3>. Next?"
+    unseen = test[(test["user_group"] == "unseen") & (test["variant"] == "unseen_prompt")].iloc[0]
+    assert unseen["prompt"] == "New: <u1-3><u2-4> after item_<i1-2><i2-2>, item_<i1-0><i2-0>"
+    assert set(test["variant"]) == {"full", "unseen_prompt", "user_only"}
+    for frame in (train, valid, test):
+        for row in frame.itertuples():
+            assert ITEM_TOKENS[row.target_item] not in row.prompt
+
+
+def test_user_only_variant_has_no_items():
+    _, _, test = build_prompt_samples(_split(), USER_TOKENS, ITEM_TOKENS, _config())
+    user_only = test[test["variant"] == "user_only"]
+    assert (user_only["prompt"] == "Recommend to " + USER_TOKENS[user_only["user_id"]].to_numpy() + ".").all()
+
+
+def test_prefix_cap_keeps_the_most_recent():
+    train, _, _ = build_prompt_samples(_split(), USER_TOKENS, ITEM_TOKENS, _config(max_prefixes_per_user=1))
+    assert train["target_item"].tolist() == [2]
+
+
+@pytest.mark.parametrize("overrides, parameter", [
+    ({"unseen_template": TEMPLATES[0]}, "unseen_template"),
+    ({"user_only_template": "{user} {history}"}, "user_only_template"),
+    ({"train_templates": ["no placeholders"]}, "train_templates[0]"),
+    ({"test_template_id": 5}, "test_template_id"),
+    ({"history_order": "random"}, "history_order"),
+    ({"bogus": 1}, "bogus"),
+])
+def test_bad_parameters_are_named(overrides, parameter):
+    with pytest.raises(PromptConfigError, match=parameter.replace("[", r"\[").replace("]", r"\]")):
+        _config(**overrides)
