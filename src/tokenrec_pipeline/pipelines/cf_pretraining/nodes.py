@@ -12,7 +12,6 @@ from tokenrec_pipeline.models.cf import (
     CFConfig,
     evaluate_cf,
     evaluate_pop,
-    fold_in_user_embeddings,
     train_cf_from_splits,
 )
 from tokenrec_pipeline.models.evaluation import RankingResult, eval_inputs_from_splits, metrics_wide
@@ -61,13 +60,19 @@ def train_cf_model(
         frame, results[split] = evaluate_cf(result, interactions_split, split=split, fold_in_method=fold_in)
         frames.append(frame)
     unseen = eval_inputs_from_splits(interactions_split, "unseen", "test")
-    unseen_vectors = fold_in_user_embeddings(result.item_embeddings, unseen.histories, result.item_degree, fold_in)
+    # The same (calibrated) fold-in evaluate_cf scores, so the tokenizer sees what was evaluated.
+    unseen_vectors = result.fold_in_users(unseen.histories, fold_in)
     embeddings = {
         "user_embeddings": result.user_embeddings,
         "unseen_user_embeddings": unseen_vectors,
         "item_embeddings": result.item_embeddings,
         "user_degree": torch.as_tensor(result.user_degree, dtype=torch.float32),
         "item_degree": torch.as_tensor(result.item_degree, dtype=torch.float32),
+        # What serving new users / items needs without retraining (see CFResult.fold_in_users).
+        "user_fold_in_basis": result.user_fold_in_basis,
+        "item_fold_in_basis": result.item_fold_in_basis,
+        "user_fold_in_scale": torch.tensor([result.user_fold_in_scales[fold_in]], dtype=torch.float32),
+        "item_fold_in_scale": torch.tensor([result.item_fold_in_scales[fold_in]], dtype=torch.float32),
     }
     history = result.history.assign(model=model)
     logger.info(
