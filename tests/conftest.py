@@ -51,3 +51,13 @@ def run_kedro(project_path: Path, pipelines: list[str], params: dict | None = No
     bootstrap_project(project_path)
     with KedroSession.create(project_path=project_path, runtime_params=params or {}) as session:
         session.run(pipeline_names=pipelines)
+
+
+def run_kedro_cli(project_path: Path, *args: str) -> None:
+    """``kedro run ARGS`` as a user types it, in a separate process (one MLflow run each)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "kedro", "run", *args], cwd=project_path,
+                            capture_output=True, text=True, env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

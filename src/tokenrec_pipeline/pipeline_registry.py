@@ -12,6 +12,7 @@ from tokenrec_pipeline.pipelines import (
     llm4rec,
     preprocessing,
     prompting,
+    recommend,
     tokenization,
 )
 
@@ -33,4 +34,5 @@ def register_pipelines() -> dict[str, Pipeline]:
         "evaluation": evaluation.create_pipeline(),
     }
     full = sum(stages.values(), Pipeline([]))
-    return {**stages, "full": full, "__default__": full}
+    serving = {"recommend": recommend.create_pipeline(), "add_items": recommend.create_add_items_pipeline()}
+    return {**stages, **serving, "full": full, "__default__": full}

@@ -6,7 +6,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from tests.conftest import run_kedro
+from tests.conftest import run_kedro, run_kedro_cli
 
 TINY = {
     "ingestion": {"synthetic": {"n_users": 120, "n_items": 60, "n_groups": 4, "mean_history": 12.0}},
@@ -42,3 +42,45 @@ def test_full_pipeline_produces_every_row_and_one_mlflow_run(kedro_project):
     assert run["metrics.evaluation_metrics_mlflow.tokenrec.test.seen.HR_at_20"] == pytest.approx(
         test.query("model == 'tokenrec' and user_group == 'seen' and metric == 'HR@20'")["value"].item())
     assert "metrics.tokenizer_diagnostics_mlflow.tokenizer.item.collision_rate" in runs.columns
+
+
+def _tree_digest(folder):
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.mark.slow
+def test_recommend_and_add_items_without_retraining(kedro_project):
+    from tokenrec_pipeline.models.item_index import load_item_index
+
+    run_kedro(kedro_project, ["full"], TINY)
+    model_digest = _tree_digest(kedro_project / "data/06_models/llm4rec")
+    item_map = pd.read_parquet(kedro_project / "data/03_primary/item_map.parquet")
+    user_map = pd.read_parquet(kedro_project / "data/03_primary/user_map.parquet")
+    seen_users = user_map.loc[user_map["user_group"] == "seen", "original_user"].head(5).tolist()
+
+    # a brand-new item, liked by five known users
+    pd.DataFrame({"user": seen_users, "item": "brand-new-item"}).to_csv(
+        kedro_project / "data/01_raw/new_item_interactions.csv", index=False)
+    run_kedro_cli(kedro_project, "--pipeline=add_items")
+    grown = pd.read_parquet(kedro_project / "data/03_primary/item_map.parquet")
+    new_id = int(grown.loc[grown["original_item"] == "brand-new-item", "item_id"].item())
+    assert len(grown) == len(item_map) + 1
+    assert new_id in load_item_index(kedro_project / "data/06_models/item_index.faiss").ids()
+
+    known = item_map["original_item"].head(3).tolist()
+    histories = ";".join(" ".join(h) for h in (known, known + ["brand-new-item", "nope"]))
+    run_kedro_cli(kedro_project, "--pipeline=recommend", "--params",
+                  f"recommend.users={' '.join(seen_users[:2])},recommend.histories={histories},"
+                  "recommend.top_k=5,recommend.on_unknown_item=skip")
+    recs = pd.read_csv(kedro_project / "data/07_model_output/recommendations.csv", dtype={"item": str, "user": str})
+    assert set(recs["request_id"]) == {f"user:{u}" for u in seen_users[:2]} | {"history:0", "history:1"}
+    assert (recs.groupby("request_id").size() == 5).all()
+    assert recs["item"].isin(grown["original_item"]).all()  # never an item outside the catalogue
+    for request, history in (("history:0", known), ("history:1", known + ["brand-new-item"])):
+        assert not recs.loc[recs["request_id"] == request, "item"].isin(history).any()
+    assert _tree_digest(kedro_project / "data/06_models/llm4rec") == model_digest  # no model file changed

@@ -1,0 +1,129 @@
+"""Recommendations for known users and brand-new users (raw histories), and new items, from the
+trained artefacts — no model is retrained.
+
+* Known user: their K tokens from the token table; their whole history (all splits) is excluded.
+* New user: item ids of their history -> a CF vector by fold-in (trained item bases, the same
+  calibrated formula the evaluation uses) -> K tokens from the fitted user tokenizer -> prompt.
+* New item: a CF vector by fold-in from the (known) users who interacted with it -> added to the
+  faiss index (and given K tokens by the fitted item tokenizer), recommendable at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tokenrec_pipeline.models.cf import fold_in_item_embeddings, fold_in_user_embeddings
+from tokenrec_pipeline.models.item_index import ItemIndex, add_items
+from tokenrec_pipeline.models.tokenizers import FittedTokenizer, codes_to_token_strings
+from tokenrec_pipeline.prompts import PromptConfig, render_prompt
+
+logger = logging.getLogger(__name__)
+
+
+class UnknownIdError(ValueError):
+    """A request names ids the trained artefacts do not know."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One recommendation request: a known user (original id) or a raw history (original item ids)."""
+
+    request_id: str
+    user: str | None
+    history: tuple[str, ...]
+
+
+def parse_requests(recommend: dict) -> list[Request]:
+    """``recommend.users`` (original user ids) and ``recommend.histories`` (lists of original item
+    ids) -> requests. On the command line, where commas separate parameters, use strings:
+    ``recommend.users="1 2"`` and ``recommend.histories="5 17 33;8 9"`` (``;`` between users)."""
+    users = recommend.get("users") or []
+    users = str(users).split() if isinstance(users, (str, int)) else users
+    histories = recommend.get("histories") or []
+    histories = [h for h in histories.split(";") if h.strip()] if isinstance(histories, str) else histories
+    requests = [Request(f"user:{u}", str(u), ()) for u in users]
+    for i, history in enumerate(histories):
+        items = history.split() if isinstance(history, str) else [str(x) for x in history]
+        requests.append(Request(f"history:{i}", None, tuple(items)))
+    if not requests:
+        raise ValueError("Nothing to recommend: set recommend.users and/or recommend.histories.")
+    return requests
+
+
+def map_history(items: tuple[str, ...], item_ids: pd.Series, on_unknown: str, request_id: str) -> list[int]:
+    """Original item ids -> contiguous ids; unknown ones raise (``error``) or are dropped (``skip``)."""
+    known = [item_ids[i] for i in items if i in item_ids.index]
+    unknown = [i for i in items if i not in item_ids.index]
+    if unknown:
+        message = f"{request_id}: unknown item id(s) {unknown[:10]} (not in the trained catalogue)"
+        if on_unknown == "error":
+            raise UnknownIdError(message + "; set recommend.on_unknown_item=skip to drop them.")
+        logger.warning("%s; skipped.", message)
+    if not known:
+        raise UnknownIdError(f"{request_id}: no known item in the history; cannot place this user.")
+    return [int(i) for i in known]
+
+
+def new_user_tokens(histories: list[list[int]], cf_embeddings: dict, user_tokenizer: FittedTokenizer,
+                    user_prefix: str) -> list[str]:
+    """Token strings of brand-new users from their item histories (fold-in + fitted tokenizer).
+
+    Items added after training (``add_items``) have no fold-in basis; they still appear in the
+    prompt and are excluded from the results, but the user's vector comes from the trained items.
+    """
+    n_trained = cf_embeddings["item_fold_in_basis"].shape[0]
+    trained = [[i for i in h if i < n_trained] for h in histories]
+    if any(not h for h in trained):
+        raise UnknownIdError("A new user's history holds only items added after training; add a trained item.")
+    vectors = fold_in_user_embeddings(cf_embeddings["item_fold_in_basis"], trained, cf_embeddings["item_degree"])
+    vectors = vectors * cf_embeddings["user_fold_in_scale"]
+    return codes_to_token_strings(np.asarray(user_tokenizer.encode(vectors)), user_prefix)
+
+
+def build_request_prompts(requests: list[Request], interactions_split: pd.DataFrame, user_map: pd.DataFrame,
+                          item_map: pd.DataFrame, user_tokens: pd.DataFrame, item_tokens: pd.DataFrame,
+                          cf_embeddings: dict, user_tokenizer: FittedTokenizer, prompt_config: PromptConfig,
+                          user_prefix: str, on_unknown: str = "error") -> pd.DataFrame:
+    """One prompt per request, with the item ids to exclude (the history)."""
+    user_ids = pd.Series(user_map["user_id"].to_numpy(), index=user_map["original_user"].astype(str))
+    item_ids = pd.Series(item_map["item_id"].to_numpy(), index=item_map["original_item"].astype(str))
+    token_of_user = user_tokens.set_index("id")["tokens"]
+    token_of_item = item_tokens.set_index("id")["tokens"].to_numpy()
+    histories_of = interactions_split.groupby("user_id")["item_id"].agg(list)
+    template = prompt_config.train_templates[prompt_config.test_template_id]
+
+    rows, new_rows = [], []
+    for request in requests:
+        if request.user is not None:
+            if request.user not in user_ids.index:
+                raise UnknownIdError(f"{request.request_id}: unknown user id {request.user!r}; pass their history "
+                                     "in recommend.histories instead.")
+            uid = int(user_ids[request.user])
+            rows.append([request.request_id, request.user, token_of_user[uid], list(histories_of[uid])])
+        else:
+            history = map_history(request.history, item_ids, on_unknown, request.request_id)
+            new_rows.append(len(rows))
+            rows.append([request.request_id, None, None, history])
+    if new_rows:
+        tokens = new_user_tokens([rows[i][3] for i in new_rows], cf_embeddings, user_tokenizer, user_prefix)
+        for i, token_string in zip(new_rows, tokens):
+            rows[i][2] = token_string
+    prompts = [render_prompt(template, tokens, [token_of_item[j] for j in history], prompt_config)
+               for _, _, tokens, history in rows]
+    return pd.DataFrame({"request_id": [r[0] for r in rows], "user": [r[1] for r in rows],
+                         "user_tokens": [r[2] for r in rows], "history": [r[3] for r in rows], "prompt": prompts})
+
+
+def add_new_items(index: ItemIndex, item_users: list[list[int]], new_item_ids: np.ndarray, cf_embeddings: dict,
+                  item_tokenizer: FittedTokenizer, item_prefix: str) -> tuple[ItemIndex, torch.Tensor, list[str]]:
+    """Fold in new items from their (known) users, add them to the index, and tokenise them."""
+    vectors = fold_in_item_embeddings(cf_embeddings["user_fold_in_basis"], item_users, cf_embeddings["user_degree"])
+    vectors = vectors * cf_embeddings["item_fold_in_scale"]
+    index = add_items(index, vectors.numpy(), new_item_ids)
+    tokens = codes_to_token_strings(np.asarray(item_tokenizer.encode(vectors)), item_prefix)
+    return index, vectors, tokens
