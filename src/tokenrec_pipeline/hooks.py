@@ -38,6 +38,17 @@ class RunRecordHooks:
     def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
         project_path = Path(run_params.get("project_path") or Path.cwd())
         self._tags = _git_state(project_path)
+        # CPU threads for torch (null: torch's default). On a shared or small machine one thread per
+        # process avoids oversubscription, which slows sparse ops and small matmuls 10x and more.
+        try:
+            threads = catalog.load("params:torch_num_threads")
+        except Exception:  # the parameter is optional
+            threads = None
+        if threads:
+            import torch
+
+            torch.set_num_threads(int(threads))
+            logger.info("torch uses %d CPU thread(s) (params:torch_num_threads)", int(threads))
         self._tags["kedro_pipeline"] = str(run_params.get("pipeline_names") or run_params.get("pipeline_name") or "__default__")
         self._tagged = False
 

@@ -1,0 +1,332 @@
+"""Fitting the ID tokenizers: held-out split, k-means codebook init, training with early
+stopping, dead-codeword re-seeding.
+
+Determinism: all torch randomness (weight init, masking, shuffling, re-seeding noise) runs under
+``torch.random.fork_rng`` seeded with ``config.seed`` (so the caller's global RNG state is left
+untouched), the split uses ``numpy.random.default_rng(seed)`` and every faiss k-means gets an
+explicit seed. On CPU the same seed gives bit-identical tokens.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import faiss
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .config import TokenizerConfig, TokenizerConfigError
+from .diagnostics import collision_rate
+from .modules import TokenizerModel, TokenizerOutput, build_model
+
+if TYPE_CHECKING:
+    from .fitted import FittedTokenizer
+
+logger = logging.getLogger(__name__)
+
+#: Rows per forward pass when a whole split is pushed through a model without gradients.
+_EVAL_BATCH = 8192
+
+
+@dataclass
+class VQLosses:
+    """The three terms of the slides' objective (each averaged over the batch) and their sum."""
+
+    total: Tensor
+    recon: Tensor
+    codebook: Tensor
+    commitment: Tensor
+
+
+def vq_losses(x: Tensor, out: TokenizerOutput, beta: float) -> VQLosses:
+    """``L = ||x - r||^2 + sum_k ||sg[a^k] - c^k||^2 + beta * sum_k ||a^k - sg[c^k]||^2``.
+
+    Squared norms are summed over feature dimensions and codebooks and averaged over the batch,
+    exactly as the equations are written (no per-element averaging, which would silently re-weight
+    the terms by d / d_c).
+
+    Args:
+        x: target ``(B, d)``: the UNMASKED standardised input.
+        out: the model's forward output (latents/codewords ``(B, K, D)``, recon ``(B, d)``).
+        beta: commitment weight.
+    """
+    recon = (out.recon - x).pow(2).sum(dim=-1).mean()
+    codebook = (out.latents.detach() - out.codewords).pow(2).sum(dim=(-1, -2)).mean()
+    commitment = (out.latents - out.codewords.detach()).pow(2).sum(dim=(-1, -2)).mean()
+    return VQLosses(recon + codebook + beta * commitment, recon, codebook, commitment)
+
+
+def faiss_kmeans(points: np.ndarray, n_clusters: int, n_iter: int, seed: int) -> np.ndarray:
+    """Centroids ``(n_clusters, D)`` float32 of ``points`` ``(N, D)`` by faiss k-means (L2).
+
+    faiss re-splits empty clusters, so with ``N >= n_clusters`` distinct points all centroids are
+    distinct. ``min_points_per_centroid=1`` silences faiss' "please provide more points" warning:
+    a few thousand items for 256 codewords is the normal regime here.
+    """
+    points = np.ascontiguousarray(points, dtype=np.float32)
+    kmeans = faiss.Kmeans(
+        points.shape[1], n_clusters, niter=n_iter, seed=seed, min_points_per_centroid=1, verbose=False
+    )
+    kmeans.train(points)
+    return np.asarray(kmeans.centroids, dtype=np.float32).reshape(n_clusters, points.shape[1])
+
+
+@torch.no_grad()
+def quantize_all(model: TokenizerModel, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``model.quantize`` over all of ``x`` ``(N, d)`` in eval mode (no mask), batched."""
+    was_training = model.training
+    model.eval()
+    parts = [model.quantize(x[i : i + _EVAL_BATCH]) for i in range(0, x.shape[0], _EVAL_BATCH)]
+    model.train(was_training)
+    return tuple(torch.cat(p, dim=0) for p in zip(*parts))  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def kmeans_init_codebooks(model: TokenizerModel, x: Tensor, n_iter: int, seed: int) -> None:
+    """Initialise every codebook by k-means on the vectors it will quantise.
+
+    Codebook k is fitted after codebooks < k, on ``latents[:, k]`` recomputed with them, so for
+    residual models codebook k sees the residuals of the already-initialised levels (for ``kmeans``
+    this *is* the whole fit: K rounds of residual k-means). Each codebook gets its own faiss seed,
+    so with a shared encoder the K codebooks start as different partitions.
+
+    Args:
+        model: the (untrained or trained) tokenizer model.
+        x: standardised training embeddings ``(N, d)`` with ``N >= codebook_size``.
+        n_iter: k-means iterations.
+        seed: base seed; codebook k uses ``seed + k``.
+    """
+    for k, codebook in enumerate(model.codebooks):
+        latents, _, _ = quantize_all(model, x)
+        centroids = faiss_kmeans(latents[:, k].cpu().numpy(), codebook.size, n_iter, seed + k)
+        codebook.weight.copy_(torch.from_numpy(centroids).to(codebook.weight.device))
+
+
+@torch.no_grad()
+def reseed_dead_codewords(model: TokenizerModel, x: Tensor, noise: float) -> int:
+    """Replace codewords that no training embedding maps to; return how many were replaced.
+
+    For each codebook k (in order, recomputing latents so residual levels see the new codewords):
+    the ``n_dead`` unused codewords are replaced by the latents of ``n_dead`` samples drawn at random
+    (torch global RNG, seeded by the caller) from the ``2 * n_dead`` samples with the largest
+    quantisation error ``||a^k - c^k||^2``, plus Gaussian noise of std ``noise`` times the latents'
+    per-dimension std. The worst-served samples are where a new codeword lowers the error the most
+    and splits the most crowded cells (which is also what lowers token collisions); the random
+    draw and the noise keep two new codewords from landing on the same point.
+
+    Usage is measured in eval mode (no masking), i.e. exactly as ``encode`` will assign tokens.
+    """
+    replaced = 0
+    for k, codebook in enumerate(model.codebooks):
+        latents, codes, words = quantize_all(model, x)
+        counts = torch.bincount(codes[:, k], minlength=codebook.size)
+        dead = (counts == 0).nonzero().squeeze(1)
+        n_dead = int(dead.numel())
+        if n_dead == 0:
+            continue
+        z = latents[:, k]
+        error = (z - words[:, k]).pow(2).sum(dim=1)
+        pool = error.topk(min(z.shape[0], 2 * n_dead)).indices
+        chosen = pool[torch.randperm(pool.numel(), device=pool.device)[:n_dead]]
+        jitter = torch.randn(n_dead, z.shape[1], device=z.device) * z.std(dim=0) * noise
+        codebook.weight[dead] = z[chosen] + jitter
+        replaced += n_dead
+    return replaced
+
+
+@torch.no_grad()
+def _recon_mse(model: TokenizerModel, x: Tensor) -> float:
+    """Per-element reconstruction MSE through the codes, in the ORIGINAL embedding units."""
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for i in range(0, x.shape[0], _EVAL_BATCH):
+        xb = x[i : i + _EVAL_BATCH]
+        total += float((model(xb).recon - xb).pow(2).sum())
+    model.train(was_training)
+    scale = float(model.standardizer.scale)
+    return total / x.numel() * scale**2
+
+
+def _code_stats(model: TokenizerModel, x: Tensor) -> tuple[list[float], float]:
+    """Per-codebook utilisation (fraction of codewords used) and collision rate of ``x``'s codes."""
+    _, codes, _ = quantize_all(model, x)
+    utilisation = [
+        float((torch.bincount(codes[:, k], minlength=cb.size) > 0).float().mean())
+        for k, cb in enumerate(model.codebooks)
+    ]
+    return utilisation, collision_rate(codes)
+
+
+def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/held-out row indices (both sorted) with ``round(n * fraction)`` held out."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_valid = int(round(n * fraction))
+    return np.sort(perm[n_valid:]), np.sort(perm[:n_valid])
+
+
+def _as_float_array(embeddings: Any, name: str = "embeddings") -> np.ndarray:
+    """``embeddings`` as a finite float32 ``(N, d)`` array, with a clear error otherwise."""
+    if isinstance(embeddings, torch.Tensor):
+        embeddings = embeddings.detach().cpu().numpy()
+    array = np.asarray(embeddings, dtype=np.float32)
+    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"{name} must be a non-empty 2-D array (n_ids, dim), got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or infinite values; check the CF embedding stage output")
+    return array
+
+
+def fit_tokenizer(embeddings: np.ndarray | Tensor, config: TokenizerConfig | dict[str, Any]) -> FittedTokenizer:
+    """Fit a tokenizer (MQ or a substitute) on CF embeddings.
+
+    Steps: seeded held-out split (``valid_fraction``) -> standardiser fitted on the training rows
+    -> k-means codebook init on encoder outputs -> Adam on ``vq_losses`` with per-epoch dead
+    codeword re-seeding, early stopping on held-out reconstruction MSE (best weights kept).
+    ``kmeans`` stops after the init (which is its whole fit).
+
+    Args:
+        embeddings: ``(N, d)`` user or item embeddings (training ids only).
+        config: a :class:`TokenizerConfig` or a plain parameter dict.
+
+    Returns:
+        The fitted tokenizer (model on CPU, eval mode) with per-epoch ``history``.
+
+    Raises:
+        TokenizerConfigError: bad parameter, or too few training rows for ``codebook_size``.
+        ValueError: malformed embeddings.
+    """
+    from .fitted import FittedTokenizer  # local: fitted imports this module's helpers
+
+    if not isinstance(config, TokenizerConfig):
+        config = TokenizerConfig.from_dict(config)
+    data = _as_float_array(embeddings)
+    device = config.resolve_device()
+    start = time.perf_counter()
+
+    train_idx, valid_idx = split_holdout(data.shape[0], config.valid_fraction, config.seed)
+    if train_idx.size < config.codebook_size:
+        raise TokenizerConfigError(
+            f"{config.param_prefix}.codebook_size",
+            f"k-means init needs at least codebook_size={config.codebook_size} training embeddings, "
+            f"got {train_idx.size} ({data.shape[0]} minus the held-out valid_fraction="
+            f"{config.valid_fraction}); lower codebook_size or valid_fraction",
+        )
+
+    fork_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(config.seed)
+        model = build_model(config, data.shape[1]).to(device)
+        x_all = torch.from_numpy(data).to(device)
+        if config.standardize:
+            model.standardizer.fit(x_all[torch.from_numpy(train_idx).to(device)])
+        x_std = model.standardizer(x_all)
+        x_train = x_std[torch.from_numpy(train_idx).to(device)]
+        x_valid = x_std[torch.from_numpy(valid_idx).to(device)] if valid_idx.size else x_train
+
+        kmeans_init_codebooks(model, x_train, config.kmeans_iters, config.seed)
+        history = [{"epoch": 0, **_evaluate(model, x_train, x_valid)}]
+        best_epoch = 0
+        if model.trainable and config.epochs > 0:
+            best_epoch = _train(model, x_train, x_valid, config, history)
+
+    model = model.cpu().eval()
+    fit_seconds = time.perf_counter() - start
+    fitted = FittedTokenizer(
+        config=config,
+        model=model,
+        history=history,
+        fit_seconds=fit_seconds,
+        best_epoch=best_epoch,
+        n_train=int(train_idx.size),
+        n_valid=int(valid_idx.size),
+    )
+    logger.info(
+        "Fitted %s tokenizer (K=%d, L=%d) on %d embeddings (+%d held out) in %.1f s; best epoch %d, "
+        "held-out recon MSE %.4g",
+        config.quantizer, config.n_codebooks, config.codebook_size, train_idx.size, valid_idx.size,
+        fit_seconds, best_epoch, history[-1]["valid_recon_mse"] if history else float("nan"),
+    )  # fmt: skip
+    return fitted
+
+
+def _evaluate(model: TokenizerModel, x_train: Tensor, x_valid: Tensor) -> dict[str, float]:
+    """History metrics of the current weights: held-out recon MSE (original units), and the
+    smallest codebook utilisation and the collision rate of the training ids' codes."""
+    utilisation, collisions = _code_stats(model, x_train)
+    return {
+        "valid_recon_mse": _recon_mse(model, x_valid),
+        "utilisation_min": min(utilisation),
+        "train_collision_rate": collisions,
+    }
+
+
+def _train(
+    model: TokenizerModel, x_train: Tensor, x_valid: Tensor, config: TokenizerConfig, history: list[dict[str, float]]
+) -> int:
+    """Adam + early stopping on held-out recon MSE; returns the best epoch, whose weights it
+    loads back into ``model``, and appends one row per epoch to ``history`` (whose last row is
+    the k-means init, epoch 0, a candidate too).
+
+    Order per epoch: train -> evaluate (history row) -> snapshot if best -> re-seed dead codewords
+    for the next epoch. The snapshot is taken *before* re-seeding so the kept weights are exactly
+    the ones that were evaluated.
+    """
+    codebook_params = list(model.codebooks.parameters())
+    codebook_ids = {id(p) for p in codebook_params}
+    other_params = [p for p in model.parameters() if id(p) not in codebook_ids]
+    optimizer = torch.optim.Adam(
+        [
+            {"params": other_params, "weight_decay": config.weight_decay},
+            # No weight decay on codewords: it would pull every codeword towards the origin.
+            {"params": codebook_params, "weight_decay": 0.0},
+        ],
+        lr=config.lr,
+    )
+    n = x_train.shape[0]
+    best_mse, best_epoch, stale = history[-1]["valid_recon_mse"], 0, 0
+    best_state = copy.deepcopy(model.state_dict())
+    bar = tqdm(range(1, config.epochs + 1), desc=f"{config.quantizer} tokenizer", unit="epoch", disable=None)
+    for epoch in bar:
+        model.train()
+        sums = {"loss": 0.0, "recon": 0.0, "codebook": 0.0, "commitment": 0.0}
+        perm = torch.randperm(n, device=x_train.device)
+        for i in range(0, n, config.batch_size):
+            xb = x_train[perm[i : i + config.batch_size]]
+            losses = vq_losses(xb, model(xb), config.beta)
+            optimizer.zero_grad(set_to_none=True)
+            losses.total.backward()
+            optimizer.step()
+            weight = xb.shape[0] / n
+            for key, value in (
+                ("loss", losses.total), ("recon", losses.recon),
+                ("codebook", losses.codebook), ("commitment", losses.commitment),
+            ):  # fmt: skip
+                sums[key] += value.item() * weight
+
+        row: dict[str, float] = {"epoch": epoch, **sums, **_evaluate(model, x_train, x_valid)}
+        if row["valid_recon_mse"] < best_mse:
+            best_mse, best_epoch, stale = row["valid_recon_mse"], epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+        stop = stale >= config.patience
+        row["reseeded"] = 0.0
+        if config.reseed_dead_codes and not stop and epoch < config.epochs:
+            row["reseeded"] = float(reseed_dead_codewords(model, x_train, config.reseed_noise))
+        history.append(row)
+        bar.set_postfix(
+            recon=f"{sums['recon']:.3g}", valid_mse=f"{row['valid_recon_mse']:.3g}",
+            collisions=f"{row['train_collision_rate']:.3f}", util=f"{row['utilisation_min']:.2f}",
+        )  # fmt: skip
+        if stop:
+            break
+    bar.close()
+    model.load_state_dict(best_state)
+    return best_epoch
