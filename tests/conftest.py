@@ -44,17 +44,19 @@ def kedro_project(tmp_path: Path, monkeypatch) -> Path:
 
 
 def run_kedro(project_path: Path, pipelines: list[str], params: dict | None = None) -> None:
-    """Run pipelines of the project at ``project_path`` in-process, like ``kedro run``."""
-    from kedro.framework.session import KedroSession
-    from kedro.framework.startup import bootstrap_project
+    """``kedro run --pipelines=...`` in a separate process, as a user runs it.
 
-    bootstrap_project(project_path)
-    with KedroSession.create(project_path=project_path, runtime_params=params or {}) as session:
-        session.run(pipeline_names=pipelines)
+    ``params`` are written to ``conf/local/parameters.yml`` (deep-merged over base). A process per
+    run gives every run its own MLflow run, as on the command line.
+    """
+    import yaml
+
+    (project_path / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump(params or {}))
+    run_kedro_cli(project_path, f"--pipelines={','.join(pipelines)}")
 
 
 def run_kedro_cli(project_path: Path, *args: str) -> None:
-    """``kedro run ARGS`` as a user types it, in a separate process (one MLflow run each)."""
+    """``kedro run ARGS`` in a separate process (one MLflow run each); fails with its output."""
     import subprocess
     import sys
 

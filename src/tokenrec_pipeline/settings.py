@@ -12,4 +12,6 @@ CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
+    # conf/local/parameters*.yml override only the keys they name (deep merge), not whole stages.
+    "merge_strategy": {"parameters": "soft"},
 }

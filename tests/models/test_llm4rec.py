@@ -483,3 +483,22 @@ def test_packaged_minilm_loads_offline_and_encodes(monkeypatch: pytest.MonkeyPat
                                              "the stock market fell sharply today"]))
     similarity = F.cosine_similarity(pooled[0:1], pooled[1:], dim=-1)
     assert similarity[0] > similarity[1] + 0.2
+
+
+def test_staged_folder_replaces_on_success_and_cleans_up_on_error(tmp_path: Path) -> None:
+    from tokenrec_pipeline.models.llm4rec import staged_folder
+
+    target = tmp_path / "model"
+    with staged_folder(target, "cfg.json", "is not a model folder.") as staging:
+        (staging / "cfg.json").write_text("1")
+    assert (target / "cfg.json").read_text() == "1"
+    with pytest.raises(RuntimeError), staged_folder(target, "cfg.json", "is not a model folder.") as staging:
+        (staging / "cfg.json").write_text("2")
+        raise RuntimeError("crash while writing")
+    assert (target / "cfg.json").read_text() == "1"  # the old artefact survives
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging leftovers
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "data.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="other exists and is not a model folder"):
+        with staged_folder(tmp_path / "other", "cfg.json", "is not a model folder."):
+            pass

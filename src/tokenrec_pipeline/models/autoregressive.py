@@ -57,10 +57,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -74,7 +71,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, AutoTokenizer, get_scheduler
+from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from tokenrec_pipeline.models.evaluation import DEFAULT_KS, RankingResult, evaluate_ranking, histories_to_csr
 from tokenrec_pipeline.models.llm4rec import (
@@ -85,13 +82,15 @@ from tokenrec_pipeline.models.llm4rec import (
     _autocast_dtype,
     _dataclass_from_dict,
     _forward_parameters,
-    _replace_folder,
     _torch_dtype,
     add_recommendation_tokens,
     detect_backbone_kind,
     limit_torch_threads,
+    prepare_training,
     resolve_backbone_path,
     resolve_device,
+    run_training_loop,
+    staged_folder,
 )
 from tokenrec_pipeline.models.tokenizers.tokens import ITEM_TOKEN_PREFIX, token_vocabulary
 
@@ -1112,12 +1111,8 @@ class AutoregressiveRecommender(nn.Module):
     def save_pretrained(self, folder: str | os.PathLike[str]) -> None:
         """Write ``autoregressive_config.json``, ``tokenizer/``, ``backbone/`` (``save_pretrained``) and, for the
         head decoder, ``decoder_head.safetensors``; staged in a sibling folder and renamed into place."""
-        target = Path(folder)
-        if target.exists() and not (target / CONFIG_FILE).exists() and any(target.iterdir()):
-            raise FileExistsError(f"{target} exists and is not an autoregressive model folder; refusing to overwrite.")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+        refusal = "is not an autoregressive model folder; refusing to overwrite."
+        with staged_folder(folder, CONFIG_FILE, refusal) as staging:
             self.tokenizer.save_pretrained(staging / TOKENIZER_DIR)
             self.backbone.model.save_pretrained(staging / BACKBONE_DIR)
             if self.head is not None:
@@ -1133,10 +1128,6 @@ class AutoregressiveRecommender(nn.Module):
                 "n_item_tokens": self.n_item_tokens,
             }
             (staging / CONFIG_FILE).write_text(json.dumps({"config": asdict(self.config), "state": meta}, indent=2))
-            _replace_folder(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
 
 
 def _load_transformer(
@@ -1292,20 +1283,6 @@ class AutoregressiveTrainConfig:
         return _dataclass_from_dict(cls, values, "autoregressive training")
 
 
-def _parameter_groups(model: AutoregressiveRecommender, config: AutoregressiveTrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on matrices only; the head gets its own learning rate."""
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            groups.setdefault((name.startswith("head."), parameter.ndim >= 2), []).append(parameter)
-    head_lr = config.head_learning_rate or config.learning_rate
-    return [
-        {"params": params, "lr": head_lr if is_head else config.learning_rate,
-         "weight_decay": config.weight_decay if decays else 0.0}
-        for (is_head, decays), params in groups.items()
-    ]
-
-
 def train_autoregressive(
     model: AutoregressiveRecommender,
     prompts: Sequence[str],
@@ -1360,98 +1337,19 @@ def _train(
     on_epoch_end: Callable[[dict[str, float]], None] | None,
 ) -> TrainResult:
     """Body of :func:`train_autoregressive`; ``target_codes`` is (N, K)."""
-    n = len(prompts)
-    monitor = config.monitor if validate_fn is not None else "loss"
-    mode = config.monitor_mode if validate_fn is not None else "min"
-    if mode not in ("max", "min"):
-        raise ValueError(f"monitor_mode must be 'max' or 'min', got {mode!r}.")
-    device = model.device
-    torch.manual_seed(config.seed)  # dropout
-    generator = torch.Generator().manual_seed(config.seed)  # epoch order and subsets
-    per_epoch = min(config.samples_per_epoch or n, n)
-    steps_per_epoch = math.ceil(per_epoch / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    optimizer = torch.optim.AdamW(_parameter_groups(model, config), lr=config.learning_rate)
-    scheduler = get_scheduler(
-        config.lr_scheduler, optimizer, num_warmup_steps=int(round(config.warmup_ratio * total_steps)),
-        num_training_steps=total_steps,
-    )
-    autocast_dtype = _autocast_dtype(config.mixed_precision, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
-    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    setup = prepare_training(model, config, len(prompts), validate_fn)
+    device, autocast_dtype = setup.device, setup.autocast_dtype
 
-    result = TrainResult(monitor=monitor)
-    best_state: dict[str, Tensor] | None = None
-    stale = 0
-    started = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        epoch_started = time.perf_counter()
-        model.train()
-        order = torch.randperm(n, generator=generator)[:per_epoch]
-        loss_sum, seen = 0.0, 0
-        progress = tqdm(total=steps_per_epoch, disable=not config.show_progress, desc=f"autoregressive epoch {epoch}")
-        for start in range(0, per_epoch, config.batch_size):
-            rows = order[start : start + config.batch_size]
-            batch = model.backbone.tokenize([prompts[i] for i in rows.tolist()])
-            with _autocast(device, autocast_dtype):
-                loss = model.loss(**batch, target_codes=target_codes[rows].to(device),
-                                  label_smoothing=config.label_smoothing)
-            scaler.scale(loss).backward()
-            if config.max_grad_norm and config.max_grad_norm > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_([p for _, p in trainable], config.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum += float(loss.detach()) * rows.numel()
-            seen += rows.numel()
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss_sum / seen:.4f}")
-        progress.close()
-        record: dict[str, float] = {
-            "epoch": float(epoch),
-            "loss": loss_sum / seen,
-            "lr": float(scheduler.get_last_lr()[0]),
-            "samples": float(seen),
-        }
-        if validate_fn is not None:
-            model.eval()
-            metrics = dict(validate_fn(model))
-            if monitor not in metrics:
-                raise KeyError(f"validate_fn returned {sorted(metrics)}, which lacks the monitored metric {monitor!r}.")
-            record.update({name: float(value) for name, value in metrics.items()})
-        record["seconds"] = time.perf_counter() - epoch_started
-        result.history.append(record)
-        score = record[monitor]
-        improved = (
-            best_state is None
-            or (mode == "max" and score > result.best_score + config.min_delta)
-            or (mode == "min" and score < result.best_score - config.min_delta)
-        )
-        if improved:
-            result.best_epoch, result.best_score, stale = epoch, score, 0
-            best_state = {name: p.detach().to("cpu", copy=True) for name, p in trainable} if config.restore_best else {}
-        else:
-            stale += 1
-        logger.info(
-            "autoregressive epoch %d/%d: loss %.4f, %s %.4f%s (%.1fs)", epoch, config.epochs, record["loss"], monitor,
-            score, " *" if improved else "", record["seconds"],
-        )
-        if on_epoch_end is not None:
-            on_epoch_end(record)
-        if config.patience is not None and stale >= config.patience:
-            result.stopped_early = epoch < config.epochs
-            break
-    if config.restore_best and best_state:
-        with torch.no_grad():
-            for name, parameter in trainable:
-                parameter.copy_(best_state[name].to(parameter.device))
-    result.seconds = time.perf_counter() - started
-    model.eval()
-    logger.info("autoregressive training: best epoch %d (%s %.4f), %.1fs.", result.best_epoch, monitor,
-                result.best_score, result.seconds)
-    return result
+    def batch_loss(rows: Tensor) -> Tensor:
+        batch = model.backbone.tokenize([prompts[i] for i in rows.tolist()])
+        with _autocast(device, autocast_dtype):
+            return model.loss(
+                **batch, target_codes=target_codes[rows].to(device), label_smoothing=config.label_smoothing
+            )
+
+    return run_training_loop(
+        model, len(prompts), batch_loss, setup, validate_fn, on_epoch_end, "autoregressive", log=logger
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------

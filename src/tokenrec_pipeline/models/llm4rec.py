@@ -43,7 +43,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -704,12 +704,7 @@ class LLM4Rec(nn.Module):
         holds only the adapter (with the trained embeddings): its base model, ``config.backbone``, must be
         loadable where :func:`load_llm4rec` runs.
         """
-        target = Path(folder)
-        if target.exists() and not (target / CONFIG_FILE).exists() and any(target.iterdir()):
-            raise FileExistsError(f"{target} exists and is not an LLM4Rec folder; refusing to overwrite it.")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+        with staged_folder(folder, CONFIG_FILE, "is not an LLM4Rec folder; refusing to overwrite it.") as staging:
             self.tokenizer.save_pretrained(staging / TOKENIZER_DIR)
             if self.backbone.is_peft:
                 # modules_to_save / trainable tokens already carry the embeddings; the "auto" check would
@@ -730,10 +725,27 @@ class LLM4Rec(nn.Module):
                 "n_item_tokens": self.n_item_tokens,
             }
             (staging / CONFIG_FILE).write_text(json.dumps({"config": asdict(self.config), "state": state}, indent=2))
-            _replace_folder(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+
+
+@contextlib.contextmanager
+def staged_folder(folder: str | os.PathLike[str], config_file: str, refusal: str) -> Iterator[Path]:
+    """Yield an empty sibling staging folder that replaces ``folder`` when the block succeeds.
+
+    Refuses (``FileExistsError``: "<folder> exists and <refusal>") a non-empty ``folder`` without
+    ``config_file`` (not a model artefact); on any error the staging folder is removed and ``folder`` is
+    left untouched.
+    """
+    target = Path(folder)
+    if target.exists() and not (target / config_file).exists() and any(target.iterdir()):
+        raise FileExistsError(f"{target} exists and {refusal}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+        _replace_folder(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def _replace_folder(staging: Path, target: Path) -> None:
@@ -1079,8 +1091,31 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def _parameter_groups(model: LLM4Rec, config: TrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups: decay for matrices only; optional separate learning rate for the head."""
+class LoopConfig(Protocol):
+    """The training parameters :func:`run_training_loop` reads (:class:`TrainConfig` and the autoregressive
+    baseline's ``AutoregressiveTrainConfig`` both provide them; meanings as documented on :class:`TrainConfig`)."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    head_learning_rate: float | None
+    weight_decay: float
+    warmup_ratio: float
+    lr_scheduler: str
+    max_grad_norm: float
+    samples_per_epoch: int | None
+    mixed_precision: str
+    monitor: str
+    monitor_mode: str
+    patience: int | None
+    min_delta: float
+    restore_best: bool
+    seed: int
+    show_progress: bool
+
+
+def _parameter_groups(model: nn.Module, config: LoopConfig) -> list[dict[str, Any]]:
+    """AdamW groups: decay for matrices only; optional separate learning rate for the ``head.*`` parameters."""
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
@@ -1097,6 +1132,189 @@ def _parameter_groups(model: LLM4Rec, config: TrainConfig) -> list[dict[str, Any
         }
         for (is_head, decays), params in groups.items()
     ]
+
+
+@dataclass
+class TrainingSetup:
+    """What :func:`prepare_training` builds for :func:`run_training_loop` (and for the caller's batch loss).
+
+    Attributes:
+        config: The training parameters.
+        monitor, mode: Monitored metric and "max"/"min" ("loss"/"min" without a validation function).
+        device: The model's device.
+        generator: Seeded CPU generator of the epoch subsets (and of anything else the batch loss samples).
+        per_epoch, steps_per_epoch: Prompts and optimisation steps per epoch.
+        optimizer, scheduler, scaler: AdamW, the transformers learning-rate schedule, the fp16 grad scaler.
+        autocast_dtype: Mixed-precision dtype (``None``: float32).
+        trainable: ``(name, parameter)`` pairs that require gradients.
+    """
+
+    config: LoopConfig
+    monitor: str
+    mode: str
+    device: torch.device
+    generator: torch.Generator
+    per_epoch: int
+    steps_per_epoch: int
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    autocast_dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler
+    trainable: list[tuple[str, nn.Parameter]]
+
+
+def prepare_training(
+    model: nn.Module, config: LoopConfig, n_samples: int, validate_fn: Callable[..., Any] | None
+) -> TrainingSetup:
+    """Validate the monitor, seed torch and the sampling generator, build optimizer, schedule and scaler."""
+    monitor = config.monitor if validate_fn is not None else "loss"
+    mode = config.monitor_mode if validate_fn is not None else "min"
+    if mode not in ("max", "min"):
+        raise ValueError(f"monitor_mode must be 'max' or 'min', got {mode!r}.")
+    device: torch.device = model.device  # type: ignore[assignment]
+    torch.manual_seed(config.seed)  # dropout
+    generator = torch.Generator().manual_seed(config.seed)  # subsets (and negatives)
+    per_epoch = min(config.samples_per_epoch or n_samples, n_samples)
+    steps_per_epoch = math.ceil(per_epoch / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+
+    optimizer = torch.optim.AdamW(_parameter_groups(model, config), lr=config.learning_rate)
+    scheduler = get_scheduler(
+        config.lr_scheduler,
+        optimizer,
+        num_warmup_steps=int(round(config.warmup_ratio * total_steps)),
+        num_training_steps=total_steps,
+    )
+    autocast_dtype = _autocast_dtype(config.mixed_precision, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    return TrainingSetup(
+        config=config,
+        monitor=monitor,
+        mode=mode,
+        device=device,
+        generator=generator,
+        per_epoch=per_epoch,
+        steps_per_epoch=steps_per_epoch,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        autocast_dtype=autocast_dtype,
+        scaler=scaler,
+        trainable=trainable,
+    )
+
+
+def run_training_loop(
+    model: nn.Module,
+    n_samples: int,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor],
+    setup: TrainingSetup,
+    validate_fn: Callable[[Any], Mapping[str, float]] | None,
+    on_epoch_end: Callable[[dict[str, float]], None] | None,
+    name: str,
+    log: logging.Logger = logger,
+) -> TrainResult:
+    """The epoch loop shared by :func:`train_llm4rec` and the autoregressive baseline's trainer.
+
+    Each epoch draws a random ``per_epoch`` subset of the ``n_samples`` rows (``setup.generator``), calls
+    ``batch_loss(rows)`` per batch of row indices (the callable does its own forward pass and autocast) and
+    steps the optimizer (grad scaling, clipping, schedule); then records the epoch, validates, tracks the best
+    epoch and stops early. ``name`` prefixes the progress bar and the log lines written to ``log``.
+
+    Returns:
+        The :class:`TrainResult`; the model ends in eval mode holding the best epoch's weights.
+    """
+    config = setup.config
+    monitor, mode = setup.monitor, setup.mode
+    optimizer, scheduler, scaler, trainable = setup.optimizer, setup.scheduler, setup.scaler, setup.trainable
+    result = TrainResult(monitor=monitor)
+    best_state: dict[str, torch.Tensor] | None = None
+    epochs_without_improvement = 0
+    started = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        epoch_started = time.perf_counter()
+        model.train()
+        order = torch.randperm(n_samples, generator=setup.generator)[: setup.per_epoch]
+        loss_sum, seen = 0.0, 0
+        progress = tqdm(total=setup.steps_per_epoch, disable=not config.show_progress, desc=f"{name} epoch {epoch}")
+        for start in range(0, setup.per_epoch, config.batch_size):
+            rows = order[start : start + config.batch_size]
+            loss = batch_loss(rows)
+            scaler.scale(loss).backward()
+            if config.max_grad_norm and config.max_grad_norm > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_([p for _, p in trainable], config.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += float(loss.detach()) * rows.numel()
+            seen += rows.numel()
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss_sum / seen:.4f}")
+        progress.close()
+
+        record: dict[str, float] = {
+            "epoch": float(epoch),
+            "loss": loss_sum / seen,
+            "lr": float(scheduler.get_last_lr()[0]),
+            "samples": float(seen),
+        }
+        if validate_fn is not None:
+            model.eval()
+            metrics = dict(validate_fn(model))
+            if monitor not in metrics:
+                raise KeyError(f"validate_fn returned {sorted(metrics)}, which lacks the monitored metric {monitor!r}.")
+            record.update({key: float(value) for key, value in metrics.items()})
+        record["seconds"] = time.perf_counter() - epoch_started
+        result.history.append(record)
+        score = record[monitor]
+        improved = (
+            best_state is None
+            or (mode == "max" and score > result.best_score + config.min_delta)
+            or (mode == "min" and score < result.best_score - config.min_delta)
+        )
+        if improved:
+            result.best_epoch, result.best_score = epoch, score
+            epochs_without_improvement = 0
+            if config.restore_best:
+                best_state = {key: p.detach().to("cpu", copy=True) for key, p in trainable}
+            else:
+                best_state = {}
+        else:
+            epochs_without_improvement += 1
+        log.info(
+            "%s epoch %d/%d: loss %.4f, %s %.4f%s (%.1fs)",
+            name,
+            epoch,
+            config.epochs,
+            record["loss"],
+            monitor,
+            score,
+            " *" if improved else "",
+            record["seconds"],
+        )
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+        if config.patience is not None and epochs_without_improvement >= config.patience:
+            result.stopped_early = epoch < config.epochs
+            break
+
+    if config.restore_best and best_state:
+        with torch.no_grad():
+            for key, parameter in trainable:
+                parameter.copy_(best_state[key].to(parameter.device))
+    result.seconds = time.perf_counter() - started
+    model.eval()
+    log.info(
+        "%s training: best epoch %d (%s %.4f), %.1fs.",
+        name,
+        result.best_epoch,
+        monitor,
+        result.best_score,
+        result.seconds,
+    )
+    return result
 
 
 def train_llm4rec(
@@ -1159,126 +1377,24 @@ def _train(
         raise ValueError(f"Got {len(histories)} histories for {n_samples} prompts.")
     use_history = histories is not None and config.exclude_history_from_negatives
     history_table = pad_histories(histories) if use_history else None  # type: ignore[arg-type]
-    monitor = config.monitor if validate_fn is not None else "loss"
-    mode = config.monitor_mode if validate_fn is not None else "min"
-    if mode not in ("max", "min"):
-        raise ValueError(f"monitor_mode must be 'max' or 'min', got {mode!r}.")
-
-    device = model.device
-    torch.manual_seed(config.seed)  # dropout
-    generator = torch.Generator().manual_seed(config.seed)  # subsets and negatives
+    setup = prepare_training(model, config, n_samples, validate_fn)
+    device, generator, autocast_dtype = setup.device, setup.generator, setup.autocast_dtype
     unit_items = F.normalize(item_vectors.detach().float(), dim=-1).to(device)
-    per_epoch = min(config.samples_per_epoch or n_samples, n_samples)
-    steps_per_epoch = math.ceil(per_epoch / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
 
-    optimizer = torch.optim.AdamW(_parameter_groups(model, config), lr=config.learning_rate)
-    scheduler = get_scheduler(
-        config.lr_scheduler,
-        optimizer,
-        num_warmup_steps=int(round(config.warmup_ratio * total_steps)),
-        num_training_steps=total_steps,
-    )
-    autocast_dtype = _autocast_dtype(config.mixed_precision, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
-    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-
-    result = TrainResult(monitor=monitor)
-    best_state: dict[str, torch.Tensor] | None = None
-    epochs_without_improvement = 0
-    started = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        epoch_started = time.perf_counter()
-        model.train()
-        order = torch.randperm(n_samples, generator=generator)[:per_epoch]
-        loss_sum, seen = 0.0, 0
-        progress = tqdm(total=steps_per_epoch, disable=not config.show_progress, desc=f"llm4rec epoch {epoch}")
-        for start in range(0, per_epoch, config.batch_size):
-            rows = order[start : start + config.batch_size]
-            batch = model.backbone.tokenize([prompts[i] for i in rows.tolist()])
-            batch_targets = targets[rows]
-            negatives = sample_negatives(
-                batch_targets,
-                n_items,
-                config.num_negatives,
-                generator,
-                exclude=history_table[rows] if history_table is not None else None,
-            )
-            with _autocast(device, autocast_dtype):
-                z = model(**batch)
-            loss = tokenrec_loss(
-                z.float(), unit_items[batch_targets.to(device)], unit_items[negatives.to(device)], config.gamma
-            )
-            scaler.scale(loss).backward()
-            if config.max_grad_norm and config.max_grad_norm > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_([p for _, p in trainable], config.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum += float(loss.detach()) * rows.numel()
-            seen += rows.numel()
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss_sum / seen:.4f}")
-        progress.close()
-
-        record: dict[str, float] = {
-            "epoch": float(epoch),
-            "loss": loss_sum / seen,
-            "lr": float(scheduler.get_last_lr()[0]),
-            "samples": float(seen),
-        }
-        if validate_fn is not None:
-            model.eval()
-            metrics = dict(validate_fn(model))
-            if monitor not in metrics:
-                raise KeyError(f"validate_fn returned {sorted(metrics)}, which lacks the monitored metric {monitor!r}.")
-            record.update({name: float(value) for name, value in metrics.items()})
-        record["seconds"] = time.perf_counter() - epoch_started
-        result.history.append(record)
-        score = record[monitor]
-        improved = (
-            best_state is None
-            or (mode == "max" and score > result.best_score + config.min_delta)
-            or (mode == "min" and score < result.best_score - config.min_delta)
+    def batch_loss(rows: torch.Tensor) -> torch.Tensor:
+        batch = model.backbone.tokenize([prompts[i] for i in rows.tolist()])
+        batch_targets = targets[rows]
+        negatives = sample_negatives(
+            batch_targets,
+            n_items,
+            config.num_negatives,
+            generator,
+            exclude=history_table[rows] if history_table is not None else None,
         )
-        if improved:
-            result.best_epoch, result.best_score = epoch, score
-            epochs_without_improvement = 0
-            if config.restore_best:
-                best_state = {name: p.detach().to("cpu", copy=True) for name, p in trainable}
-            else:
-                best_state = {}
-        else:
-            epochs_without_improvement += 1
-        logger.info(
-            "llm4rec epoch %d/%d: loss %.4f, %s %.4f%s (%.1fs)",
-            epoch,
-            config.epochs,
-            record["loss"],
-            monitor,
-            score,
-            " *" if improved else "",
-            record["seconds"],
+        with _autocast(device, autocast_dtype):
+            z = model(**batch)
+        return tokenrec_loss(
+            z.float(), unit_items[batch_targets.to(device)], unit_items[negatives.to(device)], config.gamma
         )
-        if on_epoch_end is not None:
-            on_epoch_end(record)
-        if config.patience is not None and epochs_without_improvement >= config.patience:
-            result.stopped_early = epoch < config.epochs
-            break
 
-    if config.restore_best and best_state:
-        with torch.no_grad():
-            for name, parameter in trainable:
-                parameter.copy_(best_state[name].to(parameter.device))
-    result.seconds = time.perf_counter() - started
-    model.eval()
-    logger.info(
-        "llm4rec training: best epoch %d (%s %.4f), %.1fs.",
-        result.best_epoch,
-        monitor,
-        result.best_score,
-        result.seconds,
-    )
-    return result
+    return run_training_loop(model, n_samples, batch_loss, setup, validate_fn, on_epoch_end, "llm4rec")
