@@ -502,3 +502,24 @@ def test_staged_folder_replaces_on_success_and_cleans_up_on_error(tmp_path: Path
     with pytest.raises(FileExistsError, match="other exists and is not a model folder"):
         with staged_folder(tmp_path / "other", "cfg.json", "is not a model folder."):
             pass
+
+
+def test_unseen_user_evaluation_never_updates_a_trained_parameter(tiny_backbones: dict[str, str]) -> None:
+    """Unseen users are served by tokens + a forward pass: every parameter stays bit-identical."""
+    import pandas as pd
+
+    from tokenrec_pipeline.models.tokenrec import evaluate_prompt_variants
+
+    model = _build(tiny_backbones["bert"])
+    model.eval()
+    before = {name: p.detach().clone() for name, p in model.state_dict().items()}
+    prompts = pd.DataFrame({
+        "variant": ["full", "user_only"], "user_group": ["unseen", "unseen"], "user_id": [7, 8],
+        "target_item": [1, 2], "history": [[0, 3], [4]],
+        "prompt": [f"user {USER_TOKENS[0]} had {ITEM_TOKENS[0]}", f"user {USER_TOKENS[1]}"],
+    })
+    metrics, ranks = evaluate_prompt_variants(model, prompts, torch.randn(6, CF_DIM))
+    assert set(metrics["model"]) == {"tokenrec", "tokenrec (user_only)"} and len(ranks) == 2
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[name], after[name]) for name in before)
