@@ -22,7 +22,7 @@ those items from ranking and negatives; only the last ``history_length`` appear 
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -54,11 +54,10 @@ class PromptConfig:
     min_prefix: int = 1
     max_prefixes_per_user: int | None = None
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_params(cls, params: dict, seed: int) -> "PromptConfig":
-        known = {f for f in cls.__dataclass_fields__ if f not in ("seed", "extra")}
+        known = {f for f in cls.__dataclass_fields__ if f != "seed"}
         unknown = sorted(set(params) - known)
         if unknown:
             raise PromptConfigError(f"Unknown parameter prompting.{unknown[0]}; valid: {sorted(known)}")

@@ -15,6 +15,7 @@ from tokenrec_pipeline.models.cf import (
     train_cf_from_splits,
 )
 from tokenrec_pipeline.models.evaluation import RankingResult, eval_inputs_from_splits, metrics_wide
+from tokenrec_pipeline.reporting import history_to_mlflow, markdown_table, metrics_table_to_mlflow
 
 logger = logging.getLogger(__name__)
 
@@ -28,16 +29,6 @@ def _ranks_frame(results: dict[str, dict[str, RankingResult]], model: str) -> pd
         for group, res in groups.items()
     ]
     return pd.concat(frames, ignore_index=True)
-
-
-def _curve_metrics(history: pd.DataFrame, model: str) -> dict:
-    """Per-epoch loss and validation metrics as MLflow metric histories (step = epoch)."""
-    curves: dict[str, list[dict]] = {}
-    for column in [c for c in history.columns if c != "epoch"]:
-        values = history[["epoch", column]].dropna()
-        # MLflow metric names may not contain '@'.
-        curves[f"{model}.train.{column}".replace("@", "_at_")] = [{"value": float(v), "step": int(e)} for e, v in values.to_numpy()]
-    return curves
 
 
 def train_cf_model(
@@ -80,7 +71,7 @@ def train_cf_model(
         model, result.best_epoch, result.epochs_run, result.best_valid_metrics.get("NDCG@20", float("nan")),
         result.fit_seconds,
     )
-    return embeddings, history, pd.concat(frames, ignore_index=True), _ranks_frame(results, model), _curve_metrics(result.history, model)
+    return embeddings, history, pd.concat(frames, ignore_index=True), _ranks_frame(results, model), history_to_mlflow(result.history, f"{model}.train")
 
 
 def evaluate_popularity(interactions_split: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -100,23 +91,12 @@ def select_cf_embeddings(lightgcn_embeddings: dict, mf_embeddings: dict, cf_pret
     return lightgcn_embeddings if choice == "lightgcn" else mf_embeddings
 
 
-def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4f") -> str:
-    """A GitHub Markdown table of ``frame`` (no extra dependency)."""
-    cells = [[format(v, floatfmt) if isinstance(v, float) else str(v) for v in row] for row in frame.itertuples(index=False)]
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + " --- |" * len(frame.columns)]
-    lines += ["| " + " | ".join(row) + " |" for row in cells]
-    return "\n".join(lines) + "\n"
-
-
 def report_baselines(*metric_tables: pd.DataFrame) -> tuple[pd.DataFrame, str, dict]:
     """One metrics table for every baseline: long CSV, a Markdown (model x metric) table, and
     MLflow metrics named ``<model>.<split>.<user_group>.<metric>``."""
     long = pd.concat(metric_tables, ignore_index=True)
     wide = metrics_wide(long)
-    mlflow_metrics = {
-        f"{r.model}.{r.split}.{r.user_group}.{r.metric}".replace("@", "_at_"): {"value": float(r.value), "step": 0}
-        for r in long.itertuples()
-    }
+    mlflow_metrics = metrics_table_to_mlflow(long)
     for row in wide[wide["split"] == "test"].to_dict("records"):
         logger.info("test %-6s %-9s HR@20=%.4f NDCG@20=%.4f (%d users)", row["user_group"], row["model"],
                     row["HR@20"], row["NDCG@20"], row["n_users"])

@@ -17,7 +17,7 @@ from tokenrec_pipeline.models.evaluation import metrics_wide  # noqa: E402
 from tokenrec_pipeline.models.item_index import ItemIndex  # noqa: E402
 from tokenrec_pipeline.models.llm4rec import LLM4Rec  # noqa: E402
 from tokenrec_pipeline.models.tokenrec import evaluate_prompt_variants, item_vectors_from_index, time_retrieval  # noqa: E402
-from tokenrec_pipeline.pipelines.cf_pretraining.nodes import markdown_table  # noqa: E402
+from tokenrec_pipeline.reporting import markdown_table, metrics_table_to_mlflow  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +83,7 @@ def report_evaluation(baseline_metrics: pd.DataFrame, tokenrec_metrics: pd.DataF
     seen + unseen users) as CSV, Markdown, MLflow metrics and a bar chart."""
     long = pd.concat([baseline_metrics, tokenrec_metrics], ignore_index=True)
     wide = metrics_wide(long)
-    metrics = {
-        f"{r.model}.{r.split}.{r.user_group}.{r.metric}".replace("@", "_at_").replace(" (", ".").replace(")", ""):
-            {"value": float(r.value), "step": 0}
-        for r in long.itertuples()
-    }
+    metrics = metrics_table_to_mlflow(long)
     for row in inference_latency.itertuples():
         metrics[f"latency.{row.model}.batch_{row.batch_size}.ms_per_user"] = {"value": float(row.ms_per_user), "step": 0}
     for row in wide[wide["split"] == "test"].to_dict("records"):

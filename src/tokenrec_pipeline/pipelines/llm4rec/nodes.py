@@ -10,6 +10,7 @@ import pandas as pd
 from tokenrec_pipeline.models.llm4rec import LLM4Rec, LLM4RecConfig, TrainConfig, build_llm4rec, train_llm4rec
 from tokenrec_pipeline.models.tokenizers import FittedTokenizer
 from tokenrec_pipeline.models.tokenrec import evaluate_prompts, id_token_vocabularies
+from tokenrec_pipeline.reporting import history_to_mlflow
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +51,6 @@ def train_llm4rec_model(
         histories=[np.asarray(h) for h in train_prompts["history"]], validate_fn=validate,
     )
     history = pd.DataFrame(result.history)
-    curves = {
-        f"llm4rec.train.{column}".replace("@", "_at_"): [{"value": float(v), "step": int(e)}
-                                                      for e, v in history[["epoch", column]].dropna().to_numpy()]
-        for column in history.columns if column != "epoch"
-    }
+    curves = history_to_mlflow(history, "llm4rec.train")
     logger.info("LLM4Rec: best epoch %d (%s=%.4f), %.0fs", result.best_epoch, result.monitor, result.best_score, result.seconds)
     return model, history, curves
