@@ -37,7 +37,8 @@ def evaluate_prompts(model: LLM4Rec, prompts: pd.DataFrame, item_vectors: torch.
                      batch_size: int = 64) -> RankingResult:
     """Protocol metrics of one prompt table: z = LLM4Rec(prompt), cosine against every item,
     the row's history excluded, its target ranked."""
-    z = model.encode_prompts(list(prompts["prompt"]), batch_size=batch_size)
+    # Thousands of prompts take minutes on CPU: show progress.
+    z = model.encode_prompts(list(prompts["prompt"]), batch_size=batch_size, show_progress=True)
     histories = [np.asarray(h, dtype=np.int64) for h in prompts["history"]]
     return evaluate_ranking(prompts["user_id"].to_numpy(), histories, prompts["target_item"].to_numpy(),
                             user_vectors=z, item_vectors=item_vectors, similarity="cosine")
