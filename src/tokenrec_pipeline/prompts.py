@@ -145,7 +145,7 @@ def build_prompt_samples(
     variants = [("full", config.test_template_id, seen_template), ("unseen_prompt", -1, config.unseen_template),
                 ("user_only", -2, config.user_only_template)]
     test_rows = []
-    for group, hist_splits, target_split in (("seen", ("train", "valid"), "test"),
+    for group, hist_splits, target_split in (("seen", ("train", "valid", "test_history"), "test"),
                                              ("unseen", ("unseen_history",), "unseen_test")):
         histories = _sequences(interactions_split, hist_splits)
         for user, target in _targets(interactions_split, target_split).items():

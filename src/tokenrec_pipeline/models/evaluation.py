@@ -44,8 +44,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_KS: tuple[int, ...] = (10, 20, 30)
 """Cut-offs of the paper's tables."""
 
-SPLIT_NAMES = ("train", "valid", "test", "unseen_history", "unseen_test")
-"""Values of the ``split`` column of ``interactions_split``."""
+SPLIT_NAMES = ("train", "valid", "test", "unseen_history", "unseen_test", "test_history")
+"""Values of the ``split`` column of ``interactions_split`` (``test_history``: seen users' rows that are
+only test-time input, written by the global temporal split)."""
 
 ScoreFn = Callable[[Tensor], Tensor]
 """``score_fn(user_ids: LongTensor (B,)) -> scores (B, n_items)``; higher is better."""
@@ -147,7 +148,7 @@ class SplitSizes:
 def split_sizes(interactions_split: pd.DataFrame) -> SplitSizes:
     """Sizes of the contiguous id spaces; items count every split so all models share one item space."""
     _check_split_frame(interactions_split)
-    seen_mask = interactions_split["split"].isin(["train", "valid", "test"]).to_numpy()
+    seen_mask = interactions_split["split"].isin(["train", "valid", "test", "test_history"]).to_numpy()
     users = interactions_split["user_id"].to_numpy()
     n_seen = int(users[seen_mask].max()) + 1 if seen_mask.any() else 0
     n_users = int(users.max()) + 1 if len(users) else 0
@@ -179,14 +180,14 @@ def eval_inputs_from_splits(
     """Build the protocol's evaluation inputs from the preprocessing output.
 
     * seen / valid: history = train items, target = valid item (model selection);
-    * seen / test: history = train + valid items, target = test item;
+    * seen / test: history = train + valid (+ test_history) items, target = test item;
     * unseen / test: history = unseen_history items, target = unseen_test item.
 
     Users are returned in increasing id order. Users without a target row are skipped.
     """
     _check_split_frame(interactions_split)
     if user_group == "seen":
-        history_splits = ["train"] if stage == "valid" else ["train", "valid"]
+        history_splits = ["train"] if stage == "valid" else ["train", "valid", "test_history"]
         target_split = stage
     elif user_group == "unseen":
         if stage != "test":

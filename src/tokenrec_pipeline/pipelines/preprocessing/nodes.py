@@ -9,7 +9,7 @@ import pandas as pd
 from tokenrec_pipeline.data.preprocess import (
     dataset_statistics,
     filter_k_core,
-    split_leave_one_out,
+    split_by_strategy,
     to_implicit_feedback,
 )
 
@@ -29,12 +29,15 @@ def apply_k_core(implicit_interactions: pd.DataFrame, preprocessing: dict) -> pd
 def split_interactions(
     k_core_interactions: pd.DataFrame, preprocessing: dict, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Contiguous ids, unseen-user holdout and chronological leave-one-out splits."""
-    strategy = preprocessing.get("split_strategy", "leave_one_out")
-    if strategy != "leave_one_out":
-        raise ValueError(f"preprocessing.split_strategy={strategy!r}: only 'leave_one_out' is implemented.")
-    return split_leave_one_out(
-        k_core_interactions, float(preprocessing.get("unseen_user_fraction", 0.1)), seed
+    """Contiguous ids, unseen-user holdout and the splits of ``preprocessing.split_strategy``:
+    ``leave_one_out`` (per user) or ``global_temporal`` (cut-offs at ``preprocessing.temporal_cutoffs``
+    quantiles of all timestamps)."""
+    return split_by_strategy(
+        k_core_interactions,
+        preprocessing.get("split_strategy", "leave_one_out"),
+        float(preprocessing.get("unseen_user_fraction", 0.1)),
+        seed,
+        preprocessing.get("temporal_cutoffs", (0.8, 0.9)),
     )
 
 
