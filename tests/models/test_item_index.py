@@ -1,10 +1,12 @@
-"""Tests for the faiss item index: exact cosine top-K, history exclusion, new items, persistence."""
+"""Tests for the faiss item index: exact cosine top-K, history exclusion, new items, persistence, and the
+Flat / IVF / HNSW options of ``indexing.faiss_factory``."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from tokenrec_pipeline.datasets import FaissIndexDataset
 from tokenrec_pipeline.models.item_index import (
     MISSING_ID,
     add_items,
@@ -12,7 +14,10 @@ from tokenrec_pipeline.models.item_index import (
     load_item_index,
     save_item_index,
     search,
+    set_search_params,
 )
+from tokenrec_pipeline.models.tokenrec import item_vectors_from_index
+from tokenrec_pipeline.pipelines.indexing.nodes import build_index
 
 N_ITEMS, DIM = 200, 16
 
@@ -131,3 +136,157 @@ def test_invalid_inputs_are_explained(items: tuple[np.ndarray, np.ndarray], tmp_
         search(index, vectors[:2], k=3, exclude=[[1]])
     with pytest.raises(FileNotFoundError, match="indexing pipeline"):
         load_item_index(tmp_path / "missing.faiss", use_gpu=False)
+
+
+# ----------------------------------------------------------------------------- index kinds (indexing.faiss_factory)
+
+N_CLUSTERS, PER_CLUSTER = 8, 40
+# Each option with search parameters under which a well-separated catalogue must give the exact top-k.
+OPTIONS = [("Flat", {}), ("IVF8,Flat", {"nprobe": 3}), ("HNSW16", {"efSearch": 64})]
+
+
+@pytest.fixture()
+def separated() -> tuple[np.ndarray, np.ndarray]:
+    """Eight tight clusters around orthogonal directions (cosine between clusters ~0, within ~0.99), so the
+    true top-k of a query near a centre lies in one cluster and an approximate index has no excuse to miss it."""
+    rng = np.random.default_rng(7)
+    centres = np.eye(DIM, dtype=np.float32)[:N_CLUSTERS] * 3.0
+    vectors = np.repeat(centres, PER_CLUSTER, axis=0) + rng.normal(scale=0.1, size=(N_CLUSTERS * PER_CLUSTER, DIM))
+    ids = rng.permutation(100_000)[: len(vectors)].astype(np.int64)
+    return vectors.astype(np.float32), ids
+
+
+def _queries_near_centres(n_per_cluster: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = np.repeat(np.eye(DIM, dtype=np.float32)[:N_CLUSTERS], n_per_cluster, axis=0)
+    return (centres + rng.normal(scale=0.05, size=centres.shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize(("factory", "params"), OPTIONS)
+def test_every_option_returns_exact_top_k_on_separated_items(separated, factory, params) -> None:
+    vectors, ids = separated
+    index = build_item_index(vectors, ids, use_gpu=False, factory=factory, search_params=params)
+    assert index.factory == factory and index.ntotal == len(ids)
+    queries = _queries_near_centres(3, seed=8)
+    got_ids, got_scores = search(index, queries, k=10)
+    want_ids, want_scores = brute_force_top_k(vectors, ids, queries, k=10)
+    np.testing.assert_array_equal(got_ids, want_ids)
+    np.testing.assert_allclose(got_scores, want_scores, atol=1e-5)
+    # History exclusion works the same through approximate indexes.
+    exclude = [want_ids[q, :4].tolist() for q in range(len(queries))]
+    got_ids, _ = search(index, queries, k=10, exclude=exclude)
+    np.testing.assert_array_equal(got_ids, brute_force_top_k(vectors, ids, queries, k=10, exclude=exclude)[0])
+
+
+def test_ivf_with_few_probes_is_approximate_and_nprobe_matters() -> None:
+    """On structureless data an IVF index scanning 1 of 16 lists misses true neighbours; scanning all is exact."""
+    rng = np.random.default_rng(9)
+    vectors = rng.normal(size=(2_000, DIM)).astype(np.float32)
+    queries = rng.normal(size=(50, DIM)).astype(np.float32)
+    want_ids, _ = brute_force_top_k(vectors, np.arange(2_000), queries, k=10)
+    index = build_item_index(vectors, use_gpu=False, factory="IVF16,Flat", search_params={"nprobe": 1})
+    one_list = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(search(index, queries, k=10)[0], want_ids)])
+    set_search_params(index, {"nprobe": 16})
+    np.testing.assert_array_equal(search(index, queries, k=10)[0], want_ids)
+    assert one_list < 0.9
+
+
+@pytest.mark.parametrize(("factory", "params"), OPTIONS)
+def test_adding_items_works_for_every_option(separated, factory, params) -> None:
+    vectors, ids = separated
+    index = build_item_index(vectors, ids, use_gpu=False, factory=factory, search_params=params)
+    # Two new items along an unused direction: they must come back first for a query pointing there.
+    new_vectors = np.zeros((2, DIM), dtype=np.float32)
+    new_vectors[:, N_CLUSTERS] = 1.0
+    new_vectors[1, N_CLUSTERS + 1] = 0.5
+    add_items(index, new_vectors, [900_001, 900_002])
+    assert index.ntotal == len(ids) + 2 and set(index.ids()[-2:].tolist()) == {900_001, 900_002}
+    got_ids, got_scores = search(index, new_vectors[:1] * 4.0, k=3)
+    assert got_ids[0, :2].tolist() == [900_001, 900_002] and got_scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+    # Old items are still found exactly.
+    queries = _queries_near_centres(2, seed=10)
+    all_vectors, all_ids = np.vstack([vectors, new_vectors]), np.concatenate([ids, [900_001, 900_002]])
+    np.testing.assert_array_equal(search(index, queries, k=10)[0], brute_force_top_k(all_vectors, all_ids, queries, 10)[0])
+
+
+@pytest.mark.parametrize(("factory", "params"), OPTIONS[:2])
+def test_replace_overwrites_vectors_in_flat_and_ivf(separated, factory, params) -> None:
+    vectors, ids = separated
+    index = build_item_index(vectors, ids, use_gpu=False, factory=factory, search_params=params)
+    moved = int(ids[0])  # an item of cluster 0 moves to cluster 5
+    target = np.eye(DIM, dtype=np.float32)[5:6] * 2.0
+    add_items(index, target, [moved], replace=True)
+    assert index.ntotal == len(ids) and np.sort(index.ids()).tolist() == np.sort(ids).tolist()
+    changed = vectors.copy()
+    changed[0] = target[0]
+    queries = _queries_near_centres(2, seed=11)
+    np.testing.assert_array_equal(search(index, queries, k=10)[0], brute_force_top_k(changed, ids, queries, 10)[0])
+    assert search(index, target, k=1)[0][0, 0] == moved
+
+
+def test_hnsw_refuses_replace_with_a_clear_error_and_stays_intact(separated) -> None:
+    vectors, ids = separated
+    index = build_item_index(vectors, ids, use_gpu=False, factory="HNSW16", search_params={"efSearch": 64})
+    before = search(index, vectors[:5], k=5)
+    with pytest.raises(ValueError, match=r"HNSW.*cannot remove.*indexing"):
+        add_items(index, vectors[:1] * -1.0, [int(ids[0])], replace=True)
+    assert index.ntotal == len(ids)
+    np.testing.assert_array_equal(search(index, vectors[:5], k=5)[0], before[0])
+
+
+@pytest.mark.parametrize(("factory", "params"), OPTIONS)
+def test_save_load_round_trips_factory_and_search_params(separated, tmp_path, factory, params) -> None:
+    vectors, ids = separated
+    index = build_item_index(vectors, ids, use_gpu=False, factory=factory, search_params=params)
+    add_items(index, vectors[:1] + 0.5, [777_777])
+    path = tmp_path / "index.faiss"
+    save_item_index(index, path)
+    loaded = load_item_index(path, use_gpu=False)
+    assert loaded.factory == factory
+    assert loaded.search_params == params
+    np.testing.assert_array_equal(loaded.ids(), index.ids())
+    queries = _queries_near_centres(2, seed=12)
+    for before, after in zip(search(index, queries, k=10), search(loaded, queries, k=10), strict=True):
+        np.testing.assert_array_equal(before, after)
+    # The catalog dataset keeps them too, and can override the search parameters at load time.
+    dataset = FaissIndexDataset(str(tmp_path / "via_catalog.faiss"), use_gpu=False)
+    dataset.save(loaded)
+    assert dataset.load().search_params == params
+    override = {"nprobe": 8} if "nprobe" in params else {"efSearch": 200} if "efSearch" in params else {}
+    reloaded = FaissIndexDataset(str(tmp_path / "via_catalog.faiss"), use_gpu=False, search_params=override).load()
+    assert reloaded.factory == factory and reloaded.search_params == override
+
+
+@pytest.mark.parametrize(("factory", "params"), OPTIONS)
+def test_item_vectors_read_back_from_every_option(separated, factory, params) -> None:
+    """Evaluation reads the served vectors back out of the index (row j = item id j)."""
+    vectors, _ = separated
+    index = build_item_index(vectors, use_gpu=False, factory=factory, search_params=params)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    np.testing.assert_allclose(item_vectors_from_index(index, len(vectors)).numpy(), unit, atol=1e-6)
+
+
+def test_bad_factory_and_search_params_name_the_parameter(separated) -> None:
+    vectors, ids = separated
+    with pytest.raises(ValueError, match=r"indexing\.faiss_factory='IVFx'.*Flat"):
+        build_item_index(vectors, ids, use_gpu=False, factory="IVFx")
+    with pytest.raises(ValueError, match=r"indexing\.faiss_factory"):
+        build_item_index(vectors, ids, use_gpu=False, factory="")
+    with pytest.raises(ValueError, match=r"indexing\.faiss_factory='IVF1024,Flat' trains 1024 .* only 320 item vectors"):
+        build_item_index(vectors, ids, use_gpu=False, factory="IVF1024,Flat")
+    with pytest.raises(ValueError, match=r"indexing\.search_params\.nprob"):
+        build_item_index(vectors, ids, use_gpu=False, factory="IVF8,Flat", search_params={"nprob": 4})
+    with pytest.raises(ValueError, match=r"indexing\.search_params\.efSearch must be a positive integer"):
+        build_item_index(vectors, ids, use_gpu=False, factory="HNSW16", search_params={"efSearch": 0})
+
+
+def test_indexing_node_reads_factory_params_and_seed(separated) -> None:
+    torch = pytest.importorskip("torch")
+    vectors, _ = separated
+    params = {"use_gpu": False, "faiss_factory": "IVF8,Flat", "search_params": {"nprobe": 4, "efSearch": 99}}
+    first = build_index({"item_embeddings": torch.from_numpy(vectors)}, params, seed=3)
+    second = build_index({"item_embeddings": torch.from_numpy(vectors)}, params, seed=3)
+    assert first.factory == "IVF8,Flat" and first.search_params == {"nprobe": 4}  # efSearch ignored for IVF
+    np.testing.assert_array_equal(first.ids(), np.arange(len(vectors)))
+    queries = _queries_near_centres(2, seed=13)
+    np.testing.assert_array_equal(search(first, queries, k=10)[0], search(second, queries, k=10)[0])

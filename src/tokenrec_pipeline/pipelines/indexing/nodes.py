@@ -6,15 +6,25 @@ import logging
 
 import numpy as np
 
-from tokenrec_pipeline.models.item_index import ItemIndex, build_item_index
+from tokenrec_pipeline.models.item_index import DEFAULT_FACTORY, ItemIndex, build_item_index
 
 logger = logging.getLogger(__name__)
 
 
-def build_index(cf_embeddings: dict, indexing: dict) -> ItemIndex:
-    """A faiss cosine index (IndexFlatIP on L2-normalised vectors) over every item's CF vector,
-    keyed by item id; GPU when faiss-gpu and CUDA are present (``indexing.use_gpu: auto``)."""
+def build_index(cf_embeddings: dict, indexing: dict, seed: int) -> ItemIndex:
+    """A faiss cosine index (inner product on L2-normalised vectors) over every item's CF vector, keyed by
+    item id. ``indexing.faiss_factory`` picks exact ``Flat`` (default) or an approximate ``IVF<nlist>,Flat`` /
+    ``HNSW<M>`` index with ``indexing.search_params`` (``nprobe`` / ``efSearch``); IVF lists are trained on
+    the item vectors with ``seed``. GPU when faiss-gpu and CUDA are present (``indexing.use_gpu: auto``)."""
     vectors = cf_embeddings["item_embeddings"].numpy()
-    index = build_item_index(vectors, np.arange(len(vectors), dtype=np.int64), use_gpu=indexing.get("use_gpu", "auto"))
-    logger.info("Item index: %d items, d=%d, gpu=%s", index.ntotal, index.dim, index.use_gpu)
+    index = build_item_index(
+        vectors,
+        np.arange(len(vectors), dtype=np.int64),
+        use_gpu=indexing.get("use_gpu", "auto"),
+        factory=indexing.get("faiss_factory", DEFAULT_FACTORY),
+        search_params=indexing.get("search_params"),
+        seed=seed,
+    )
+    logger.info("Item index %s %s: %d items, d=%d, gpu=%s", index.factory, index.search_params, index.ntotal,
+                index.dim, index.use_gpu)
     return index
