@@ -167,17 +167,24 @@ class ModelDirectoryDataset(AbstractDataset[Any, Any]):
 
 
 class FaissIndexDataset(AbstractDataset[Any, Any]):
-    """The item index (``tokenrec_pipeline.models.item_index.ItemIndex``) as one faiss file."""
+    """The item index (``tokenrec_pipeline.models.item_index.ItemIndex``) as one faiss file.
 
-    def __init__(self, filepath: str, use_gpu: bool | str = "auto", metadata: dict | None = None):
+    The file keeps the index kind (``indexing.faiss_factory``: Flat, IVF, HNSW …), the item ids and the
+    search parameters; ``search_params`` (e.g. ``{nprobe: 64}``) overrides the saved ones on load, to
+    trade recall for speed at serving time without rebuilding.
+    """
+
+    def __init__(self, filepath: str, use_gpu: bool | str = "auto", search_params: dict | None = None,
+                 metadata: dict | None = None):
         self._filepath = Path(filepath)
         self._use_gpu = use_gpu
+        self._search_params = search_params
         self.metadata = metadata
 
     def load(self) -> Any:
         from tokenrec_pipeline.models.item_index import load_item_index
 
-        return load_item_index(self._filepath, use_gpu=self._use_gpu)
+        return load_item_index(self._filepath, use_gpu=self._use_gpu, search_params=self._search_params)
 
     def save(self, data: Any) -> None:
         from tokenrec_pipeline.models.item_index import save_item_index
@@ -185,7 +192,7 @@ class FaissIndexDataset(AbstractDataset[Any, Any]):
         save_item_index(data, self._filepath)  # writes a temp file, then renames
 
     def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath)}
+        return {"filepath": str(self._filepath), "search_params": self._search_params}
 
     def _exists(self) -> bool:
         return self._filepath.is_file()
