@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tokenrec_pipeline.datasets import AtomicParquetDataset, ModelDirectoryDataset, SafetensorsDataset
+from tokenrec_pipeline.datasets import AtomicParquetDataset, ModelDirectoryDataset, SafetensorsDataset, SkippedModel
 
 
 def test_failed_parquet_save_keeps_previous_file(tmp_path):
@@ -47,3 +47,19 @@ def test_model_directory_failed_save_keeps_previous_model(tmp_path):
         dataset.save(_Folder("v3", fail=True))
     assert dataset.load() == "v2"
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_optional_model_directory_records_a_skipped_model(tmp_path):
+    optional = ModelDirectoryDataset(path=str(tmp_path / "model"), loader=f"{__name__}.load_folder", optional=True)
+    optional.save(_Folder("v1"))
+    optional.save(SkippedModel())  # the stage was switched off: no stale v1 may survive
+    assert optional.load() == SkippedModel()
+    assert [p.name for p in (tmp_path / "model").iterdir()] == ["SKIPPED"]
+    required = ModelDirectoryDataset(path=str(tmp_path / "model"), loader=f"{__name__}.load_folder")
+    with pytest.raises(Exception, match="was skipped"):
+        required.load()
+    required_other = ModelDirectoryDataset(path=str(tmp_path / "other"), loader=f"{__name__}.load_folder")
+    required_other.save(_Folder("v1"))
+    with pytest.raises(Exception, match="not optional"):
+        required_other.save(SkippedModel())
+    assert required_other.load() == "v1"

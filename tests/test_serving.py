@@ -26,3 +26,23 @@ def test_unknown_items_error_or_skip(caplog):
     assert "zz" in caplog.text
     with pytest.raises(UnknownIdError, match="no known item"):
         map_history(("zz",), ids, "skip", "history:0")
+
+
+def test_request_table_round_trip_and_its_errors():
+    from tokenrec_pipeline.serving import requests_from_frame, requests_to_frame
+
+    requests = parse_requests({"users": "1 u2", "histories": "5 17;8 9"})
+    assert requests_from_frame(requests_to_frame(requests)) == requests
+    # the MLflow model's JSON: no request_id, missing cells as None/NaN, histories as lists or strings
+    table = pd.DataFrame({"user": ["7", None, float("nan")], "history": [None, [3, 4], " 5  6 "]})
+    parsed = requests_from_frame(table)
+    assert [(r.request_id, r.user, r.history) for r in parsed] == [
+        ("user:7", "7", ()), ("history:1", None, ("3", "4")), ("history:2", None, ("5", "6"))]
+    with pytest.raises(ValueError, match="row 0: give exactly one"):
+        requests_from_frame(pd.DataFrame({"user": ["7"], "history": ["1 2"]}))
+    with pytest.raises(ValueError, match="row 0: give exactly one"):
+        requests_from_frame(pd.DataFrame({"user": [""], "history": [""]}))
+    with pytest.raises(ValueError, match="'user' and/or a 'history' column"):
+        requests_from_frame(pd.DataFrame({"items": ["1"]}))
+    with pytest.raises(ValueError, match="empty"):
+        requests_from_frame(pd.DataFrame({"user": []}))

@@ -120,6 +120,19 @@ class SafetensorsDataset(AbstractDataset[dict, dict]):
         return self._filepath.is_file()
 
 
+class SkippedModel:
+    """Stands for a model whose stage a parameter switched off (Kedro refuses to save ``None``)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SkippedModel)
+
+    def __hash__(self) -> int:
+        return hash(SkippedModel)
+
+    def __repr__(self) -> str:
+        return "SkippedModel()"
+
+
 class ModelDirectoryDataset(AbstractDataset[Any, Any]):
     """A model saved as a folder by its own ``save(folder)`` and read back by ``loader(folder)``.
 
@@ -127,12 +140,21 @@ class ModelDirectoryDataset(AbstractDataset[Any, Any]):
     ``saver`` the name of the model's method that writes the folder (``save`` or ``save_pretrained``).
     The model is written into a fresh sibling folder and swapped in with renames, so a failed save
     leaves the previous model intact.
+
+    ``optional: true`` is for stages that a parameter can switch off: saving a :class:`SkippedModel`
+    writes a folder holding only a ``SKIPPED`` marker (so the catalogue records that the model was not
+    trained, and no stale model from an earlier run survives), and loading that folder returns one.
     """
 
-    def __init__(self, path: str, loader: str, saver: str = "save", metadata: dict | None = None):
-        self._path = Path(path)
+    SKIPPED_MARKER = "SKIPPED"
+
+    def __init__(self, path: str, loader: str, saver: str = "save", optional: bool = False,
+                 metadata: dict | None = None):
+        # ``_filepath`` is the attribute kedro-mlflow reads when it packages catalog artefacts into an MLflow model.
+        self._filepath = Path(path)
         self._loader_path = loader
         self._saver = saver
+        self._optional = optional
         self.metadata = metadata
 
     def _loader(self):
@@ -142,28 +164,43 @@ class ModelDirectoryDataset(AbstractDataset[Any, Any]):
         return getattr(importlib.import_module(module), name)
 
     def load(self) -> Any:
-        return self._loader()(self._path)
+        path = Path(self._filepath)
+        if (path / self.SKIPPED_MARKER).is_file():
+            if not self._optional:
+                raise ValueError(f"{path} holds a model that was skipped (switched off); nothing to load.")
+            return SkippedModel()
+        return self._loader()(path)
+
+    def _write_skipped(self, folder: Path) -> None:
+        folder.mkdir(parents=True)
+        (folder / self.SKIPPED_MARKER).write_text("This stage was switched off by a parameter; no model was trained.\n")
 
     def save(self, data: Any) -> None:
         import shutil
 
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        staging = self._path.with_name(f".{self._path.name}.{uuid.uuid4().hex}.tmp")
-        retired = self._path.with_name(f".{self._path.name}.{uuid.uuid4().hex}.old")
+        path = Path(self._filepath)
+        if isinstance(data, SkippedModel) and not self._optional:
+            raise ValueError(f"Refusing to save a skipped model in {path}: this model is not optional.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        retired = path.with_name(f".{path.name}.{uuid.uuid4().hex}.old")
         try:
-            getattr(data, self._saver)(staging)
-            if self._path.exists():
-                os.replace(self._path, retired)
-            os.replace(staging, self._path)
+            if isinstance(data, SkippedModel):
+                self._write_skipped(staging)
+            else:
+                getattr(data, self._saver)(staging)
+            if path.exists():
+                os.replace(path, retired)
+            os.replace(staging, path)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
             shutil.rmtree(retired, ignore_errors=True)
 
     def _describe(self) -> dict[str, Any]:
-        return {"path": str(self._path), "loader": self._loader_path}
+        return {"path": str(self._filepath), "loader": self._loader_path, "optional": self._optional}
 
     def _exists(self) -> bool:
-        return self._path.is_dir()
+        return Path(self._filepath).is_dir()
 
 
 class FaissIndexDataset(AbstractDataset[Any, Any]):

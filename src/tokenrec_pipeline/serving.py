@@ -55,6 +55,50 @@ def parse_requests(recommend: dict) -> list[Request]:
     return requests
 
 
+REQUEST_COLUMNS = ("request_id", "user", "history")
+
+
+def requests_to_frame(requests: list[Request]) -> pd.DataFrame:
+    """Requests -> the request table the recommend pipeline and the MLflow model read (strings only,
+    ``""`` for an absent user / history, history items separated by spaces)."""
+    return pd.DataFrame({"request_id": [r.request_id for r in requests], "user": [r.user or "" for r in requests],
+                         "history": [" ".join(r.history) for r in requests]}, columns=list(REQUEST_COLUMNS))
+
+
+def _cell(value: object) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return " ".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def requests_from_frame(requests: pd.DataFrame) -> list[Request]:
+    """Rows of a request table -> requests.
+
+    Each row names a known ``user`` (original id) or gives a ``history`` (original item ids, as a
+    space-separated string or a list) for a brand-new user; ``request_id`` is optional (default
+    ``user:<id>`` / ``history:<row>``). This is the input of the packaged MLflow model, e.g.
+    ``{"dataframe_records": [{"user": "42"}, {"history": "5 17 33"}]}``.
+    """
+    if not isinstance(requests, pd.DataFrame):
+        raise TypeError(f"recommendation_requests must be a table (pandas DataFrame), got {type(requests).__name__}.")
+    if not {"user", "history"} & set(requests.columns):
+        raise ValueError(f"recommendation_requests: needs a 'user' and/or a 'history' column, got {list(requests.columns)}.")
+    parsed = []
+    for row, record in enumerate(requests.to_dict("records")):
+        user, history = _cell(record.get("user")), _cell(record.get("history"))
+        if bool(user) == bool(history):
+            raise ValueError(f"recommendation_requests row {row}: give exactly one of 'user' or 'history' "
+                             f"(got user={user!r}, history={history!r}).")
+        default_id = f"user:{user}" if user else f"history:{row}"
+        request_id = _cell(record.get("request_id")) or default_id
+        parsed.append(Request(request_id, user or None, tuple(history.split())))
+    if not parsed:
+        raise ValueError("recommendation_requests is empty: nothing to recommend.")
+    return parsed
+
+
 def map_history(items: tuple[str, ...], item_ids: pd.Series, on_unknown: str, request_id: str) -> list[int]:
     """Original item ids -> contiguous ids; unknown ones raise (``error``) or are dropped (``skip``)."""
     known = [item_ids[i] for i in items if i in item_ids.index]

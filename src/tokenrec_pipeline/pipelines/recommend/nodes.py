@@ -12,30 +12,61 @@ from tokenrec_pipeline.models.llm4rec import LLM4Rec
 from tokenrec_pipeline.models.tokenizers import FittedTokenizer
 from tokenrec_pipeline.models.tokenrec import retrieve
 from tokenrec_pipeline.prompts import PromptConfig
-from tokenrec_pipeline.serving import UnknownIdError, add_new_items, build_request_prompts, parse_requests
+from tokenrec_pipeline.serving import (
+    Request,
+    UnknownIdError,
+    add_new_items,
+    build_request_prompts,
+    parse_requests,
+    requests_from_frame,
+    requests_to_frame,
+)
 
 logger = logging.getLogger(__name__)
 
 
-def prepare_requests(recommend: dict, interactions_split: pd.DataFrame, user_map: pd.DataFrame,
+def requests_from_parameters(recommend: dict) -> pd.DataFrame:
+    """``recommend.users`` (known ids) and ``recommend.histories`` (new users) -> the request table."""
+    return requests_to_frame(parse_requests(recommend))
+
+
+def example_recommendation_requests(user_map: pd.DataFrame, interactions_split: pd.DataFrame,
+                                    item_map: pd.DataFrame) -> pd.DataFrame:
+    """A small request table from the training data (two known users, one new user's history): the
+    template of the MLflow model's input, from which its signature is inferred."""
+    seen = user_map.loc[user_map["user_group"] == "seen", "original_user"].astype(str).head(2).tolist()
+    original_item = item_map.set_index("item_id")["original_item"].astype(str)
+    first_user = interactions_split.loc[interactions_split["split"] == "train", "user_id"].iloc[0]
+    items = interactions_split.loc[interactions_split["user_id"] == first_user, "item_id"].head(3)
+    requests = [Request(f"user:{u}", u, ()) for u in seen]
+    requests.append(Request("history:0", None, tuple(original_item[items].tolist())))
+    return requests_to_frame(requests)
+
+
+def prepare_requests(recommendation_requests: pd.DataFrame, interactions_split: pd.DataFrame, user_map: pd.DataFrame,
                      item_map: pd.DataFrame, user_tokens: pd.DataFrame, item_tokens: pd.DataFrame,
                      cf_embeddings: dict, user_tokenizer: FittedTokenizer, prompting: dict, tokenizer: dict,
-                     seed: int) -> pd.DataFrame:
-    """Prompts for ``recommend.users`` (known ids) and ``recommend.histories`` (new users)."""
+                     on_unknown_item: str, seed: int) -> pd.DataFrame:
+    """One prompt per request: a known user's tokens and recent items, or a new user's tokens from
+    their history (fold-in + the fitted user tokenizer, no retraining)."""
+    if on_unknown_item not in ("error", "skip"):
+        raise ValueError(f"recommend.on_unknown_item must be 'error' or 'skip', got {on_unknown_item!r}.")
     return build_request_prompts(
-        parse_requests(recommend), interactions_split, user_map, item_map, user_tokens, item_tokens, cf_embeddings,
-        user_tokenizer, PromptConfig.from_params(prompting, seed), tokenizer["user"]["token_prefix"],
-        recommend.get("on_unknown_item", "error"),
+        requests_from_frame(recommendation_requests), interactions_split, user_map, item_map, user_tokens, item_tokens,
+        cf_embeddings, user_tokenizer, PromptConfig.from_params(prompting, seed), tokenizer["user"]["token_prefix"],
+        on_unknown_item,
     )
 
 
 def recommend_items(llm4rec_model: LLM4Rec, item_index: ItemIndex, recommendation_prompts: pd.DataFrame,
-                    item_map: pd.DataFrame, recommend: dict) -> pd.DataFrame:
+                    item_map: pd.DataFrame, top_k: int) -> pd.DataFrame:
     """Top-K items per request in one pass (no beam search), history excluded, real items only."""
-    k = int(recommend.get("top_k", 10))
+    k = int(top_k)
+    if k < 1:
+        raise ValueError(f"recommend.top_k must be >= 1, got {top_k!r}.")
     ids, scores = retrieve(llm4rec_model, item_index, list(recommendation_prompts["prompt"]),
                            [list(h) for h in recommendation_prompts["history"]], k)
-    original = item_map.set_index("item_id")["original_item"]
+    original = item_map.set_index("item_id")["original_item"].astype(str)
     rows = [
         {"request_id": req, "user": user, "rank": rank + 1, "item_id": int(item), "item": original.get(int(item)),
          "score": float(score)}
@@ -43,7 +74,7 @@ def recommend_items(llm4rec_model: LLM4Rec, item_index: ItemIndex, recommendatio
                                                   ids, scores)
         for rank, (item, score) in enumerate(zip(item_row, score_row)) if item >= 0
     ]
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows, columns=["request_id", "user", "rank", "item_id", "item", "score"])
     for req, part in table.groupby("request_id", sort=False):
         logger.info("%s -> %s", req, ", ".join(f"{i} ({s:.3f})" for i, s in zip(part["item"], part["score"])))
     return table
