@@ -46,10 +46,12 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tokenizers import AddedToken
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel, get_scheduler
 from transformers.models.auto.modeling_auto import (
@@ -982,7 +984,8 @@ class TrainConfig:
 
     Attributes:
         epochs: Maximum number of epochs.
-        batch_size: Prompts per optimisation step.
+        batch_size: Prompts per optimisation step, over all processes: under DDP each of the W processes
+            takes ``batch_size / W`` of them (so a run gives the same model whatever W is).
         learning_rate: AdamW learning rate of the backbone (and head unless ``head_learning_rate``).
         head_learning_rate: Separate learning rate for the freshly initialised projection head.
         weight_decay: AdamW decoupled weight decay (not applied to biases and norm weights).
@@ -992,14 +995,15 @@ class TrainConfig:
         num_negatives: n sampled negatives per prompt (authors: 1).
         gamma: Margin of the negative term (authors: 0).
         exclude_history_from_negatives: Never sample a prompt's history items as negatives.
-        samples_per_epoch: Random subset of training prompts per epoch (``None``: all), for slow CPUs.
+        samples_per_epoch: Random subset of training prompts per epoch (``None``: all), for slow CPUs; under
+            DDP the subset is shared out, so each of its prompts is seen once per epoch by one process.
         mixed_precision: "auto" (bf16 if supported, else fp16; CUDA only), "bf16", "fp16" or "no".
         monitor: Metric for early stopping / best checkpoint ("loss" without a validation function).
         monitor_mode: "max" or "min".
         patience: Epochs without improvement before stopping (``None``: never stop early).
         min_delta: Smallest change counted as an improvement.
         restore_best: Load the best epoch's weights back at the end.
-        seed: Seeds sampling, dropout and the epoch subsets.
+        seed: Seeds sampling, dropout (``seed + rank`` under DDP) and the epoch subsets.
         show_progress: tqdm progress bar per epoch.
         num_threads: torch intra-op threads during training (``None``: leave torch's setting). On a CPU
             shared with other processes, 1 thread is often several times faster than oversubscribing.
@@ -1091,6 +1095,66 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
 
 
+@dataclass(frozen=True)
+class ProcessGroup:
+    """Where this process stands in a ``torch.distributed`` job (``rank 0 of 1`` when not distributed).
+
+    Attributes:
+        rank: This process's rank.
+        world_size: Number of processes W.
+        device: Device of the tensors collectives exchange (NCCL needs CUDA tensors, gloo takes CPU ones).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @classmethod
+    def current(cls, device: torch.device) -> ProcessGroup:
+        """The initialised default process group (``torchrun`` sets it up), else a single process."""
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size(), device)
+        return cls(device=device)
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that logs, decides early stopping and writes checkpoints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def shard(self, rows: torch.Tensor) -> torch.Tensor:
+        """This rank's part of a global batch: every W-th row from ``rank`` (what ``DistributedSampler``
+        gives); the parts are disjoint and cover ``rows``, sizes differ by at most one."""
+        return rows[self.rank :: self.world_size]
+
+    def sum(self, values: Sequence[float]) -> list[float]:
+        """Element-wise sum of ``values`` over all ranks (float64)."""
+        if not self.distributed:
+            return [float(v) for v in values]
+        tensor = torch.tensor(list(values), dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (any picklable object)."""
+        if not self.distributed:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
+        return box[0]
+
+    def gather(self, value: Any) -> list[Any] | None:
+        """Every rank's ``value`` in rank order on rank 0 (``None`` on the others)."""
+        if not self.distributed:
+            return [value]
+        gathered: list[Any] | None = [None] * self.world_size if self.is_main else None
+        dist.gather_object(value, gathered, dst=0)
+        return gathered
+
+
 class LoopConfig(Protocol):
     """The training parameters :func:`run_training_loop` reads (:class:`TrainConfig` and the autoregressive
     baseline's ``AutoregressiveTrainConfig`` both provide them; meanings as documented on :class:`TrainConfig`)."""
@@ -1147,6 +1211,9 @@ class TrainingSetup:
         optimizer, scheduler, scaler: AdamW, the transformers learning-rate schedule, the fp16 grad scaler.
         autocast_dtype: Mixed-precision dtype (``None``: float32).
         trainable: ``(name, parameter)`` pairs that require gradients.
+        group: This process's place in the job (rank 0 of 1 when not distributed).
+        forward_model: What the batch loss calls for the training forward pass: the model itself, or its
+            ``DistributedDataParallel`` wrapper (which averages the gradients over ranks in ``backward``).
     """
 
     config: LoopConfig
@@ -1161,18 +1228,37 @@ class TrainingSetup:
     autocast_dtype: torch.dtype | None
     scaler: torch.amp.GradScaler
     trainable: list[tuple[str, nn.Parameter]]
+    group: ProcessGroup = field(default_factory=ProcessGroup)
+    forward_model: nn.Module | None = None
 
 
 def prepare_training(
-    model: nn.Module, config: LoopConfig, n_samples: int, validate_fn: Callable[..., Any] | None
+    model: nn.Module,
+    config: LoopConfig,
+    n_samples: int,
+    validate_fn: Callable[..., Any] | None,
+    distributed: bool = False,
 ) -> TrainingSetup:
-    """Validate the monitor, seed torch and the sampling generator, build optimizer, schedule and scaler."""
+    """Validate the monitor, seed torch and the sampling generator, build optimizer, schedule and scaler.
+
+    With ``distributed`` (an initialised ``torch.distributed`` process group, e.g. under ``torchrun``) the
+    model is wrapped in ``DistributedDataParallel``; ``config.batch_size`` stays the global batch and must
+    divide by the world size.
+    """
     monitor = config.monitor if validate_fn is not None else "loss"
     mode = config.monitor_mode if validate_fn is not None else "min"
     if mode not in ("max", "min"):
         raise ValueError(f"monitor_mode must be 'max' or 'min', got {mode!r}.")
     device: torch.device = model.device  # type: ignore[assignment]
-    torch.manual_seed(config.seed)  # dropout
+    group = ProcessGroup.current(device) if distributed else ProcessGroup(device=device)
+    if config.batch_size % group.world_size:
+        raise ValueError(
+            f"llm4rec training batch_size {config.batch_size} is the global batch and must divide by the "
+            f"{group.world_size} processes (nproc_per_node x nnodes)."
+        )
+    # Dropout masks differ per rank (as they would between the rows of one big batch); the generator below
+    # is the same on every rank, so all ranks draw the same epoch subsets and negatives.
+    torch.manual_seed(config.seed + group.rank)
     generator = torch.Generator().manual_seed(config.seed)  # subsets (and negatives)
     per_epoch = min(config.samples_per_epoch or n_samples, n_samples)
     steps_per_epoch = math.ceil(per_epoch / config.batch_size)
@@ -1188,6 +1274,13 @@ def prepare_training(
     autocast_dtype = _autocast_dtype(config.mixed_precision, device)
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    forward_model = model
+    if group.distributed:
+        # find_unused_parameters: some trainable parameters never reach the loss (BERT's pooler, T5's
+        # decoder under encoder pooling); DDP would otherwise wait for their gradients forever.
+        forward_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
     return TrainingSetup(
         config=config,
         monitor=monitor,
@@ -1201,6 +1294,8 @@ def prepare_training(
         autocast_dtype=autocast_dtype,
         scaler=scaler,
         trainable=trainable,
+        group=group,
+        forward_model=forward_model,
     )
 
 
@@ -1213,19 +1308,29 @@ def run_training_loop(
     on_epoch_end: Callable[[dict[str, float]], None] | None,
     name: str,
     log: logging.Logger = logger,
+    on_epoch_start: Callable[[torch.Tensor], None] | None = None,
 ) -> TrainResult:
     """The epoch loop shared by :func:`train_llm4rec` and the autoregressive baseline's trainer.
 
-    Each epoch draws a random ``per_epoch`` subset of the ``n_samples`` rows (``setup.generator``), calls
-    ``batch_loss(rows)`` per batch of row indices (the callable does its own forward pass and autocast) and
-    steps the optimizer (grad scaling, clipping, schedule); then records the epoch, validates, tracks the best
-    epoch and stops early. ``name`` prefixes the progress bar and the log lines written to ``log``.
+    Each epoch draws a random ``per_epoch`` subset of the ``n_samples`` rows (``setup.generator``; passed to
+    ``on_epoch_start``), calls ``batch_loss(rows)`` per batch of row indices (the callable does its own
+    forward pass, through ``setup.forward_model``, and autocast) and steps the optimizer (grad scaling,
+    clipping, schedule); then records the epoch, validates, tracks the best epoch and stops early. ``name``
+    prefixes the progress bar and the log lines written to ``log``.
+
+    Distributed (``setup.group`` has W > 1 ranks): every rank draws the same subset and cuts the same global
+    batches of ``batch_size`` rows; each rank computes the loss of its shard (``ProcessGroup.shard``) weighted
+    by its share of the batch, so DDP's gradient average equals the gradient of the global batch mean, and a
+    rank whose shard is empty (last batch shorter than W) contributes a zero-weighted loss to keep the
+    collectives in step. ``validate_fn`` runs on every rank (it may shard the work); rank 0's metrics count,
+    rank 0 decides improvement and stopping and broadcasts the epoch record, so every rank returns the same
+    :class:`TrainResult`. Logging, the progress bar and ``on_epoch_end`` happen on rank 0 only.
 
     Returns:
         The :class:`TrainResult`; the model ends in eval mode holding the best epoch's weights.
     """
     config = setup.config
-    monitor, mode = setup.monitor, setup.mode
+    monitor, mode, group = setup.monitor, setup.mode, setup.group
     optimizer, scheduler, scaler, trainable = setup.optimizer, setup.scheduler, setup.scaler, setup.trainable
     result = TrainResult(monitor=monitor)
     best_state: dict[str, torch.Tensor] | None = None
@@ -1235,11 +1340,23 @@ def run_training_loop(
         epoch_started = time.perf_counter()
         model.train()
         order = torch.randperm(n_samples, generator=setup.generator)[: setup.per_epoch]
+        if on_epoch_start is not None:
+            on_epoch_start(order)
         loss_sum, seen = 0.0, 0
-        progress = tqdm(total=setup.steps_per_epoch, disable=not config.show_progress, desc=f"{name} epoch {epoch}")
+        progress = tqdm(
+            total=setup.steps_per_epoch,
+            disable=not (config.show_progress and group.is_main),
+            desc=f"{name} epoch {epoch}",
+        )
         for start in range(0, setup.per_epoch, config.batch_size):
             rows = order[start : start + config.batch_size]
-            loss = batch_loss(rows)
+            local = group.shard(rows)
+            if local.numel():
+                unweighted = batch_loss(local)
+                loss = unweighted * (local.numel() * group.world_size / rows.numel())
+            else:
+                unweighted = batch_loss(rows[:1])
+                loss = unweighted * 0.0
             scaler.scale(loss).backward()
             if config.max_grad_norm and config.max_grad_norm > 0:
                 scaler.unscale_(optimizer)
@@ -1248,32 +1365,37 @@ def run_training_loop(
             scaler.update()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            loss_sum += float(loss.detach()) * rows.numel()
-            seen += rows.numel()
+            loss_sum += float(unweighted.detach()) * local.numel()
+            seen += local.numel()
             progress.update(1)
-            progress.set_postfix(loss=f"{loss_sum / seen:.4f}")
+            progress.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}")
         progress.close()
+        loss_sum, seen_total = group.sum([loss_sum, seen])
 
         record: dict[str, float] = {
             "epoch": float(epoch),
-            "loss": loss_sum / seen,
+            "loss": loss_sum / seen_total,
             "lr": float(scheduler.get_last_lr()[0]),
-            "samples": float(seen),
+            "samples": float(seen_total),
         }
         if validate_fn is not None:
             model.eval()
             metrics = dict(validate_fn(model))
-            if monitor not in metrics:
-                raise KeyError(f"validate_fn returned {sorted(metrics)}, which lacks the monitored metric {monitor!r}.")
-            record.update({key: float(value) for key, value in metrics.items()})
+            if group.is_main:
+                if monitor not in metrics:
+                    raise KeyError(
+                        f"validate_fn returned {sorted(metrics)}, which lacks the monitored metric {monitor!r}."
+                    )
+                record.update({key: float(value) for key, value in metrics.items()})
         record["seconds"] = time.perf_counter() - epoch_started
+        improved = group.is_main and (
+            best_state is None
+            or (mode == "max" and record[monitor] > result.best_score + config.min_delta)
+            or (mode == "min" and record[monitor] < result.best_score - config.min_delta)
+        )
+        record, improved = group.broadcast((record, improved))  # decided once, on rank 0
         result.history.append(record)
         score = record[monitor]
-        improved = (
-            best_state is None
-            or (mode == "max" and score > result.best_score + config.min_delta)
-            or (mode == "min" and score < result.best_score - config.min_delta)
-        )
         if improved:
             result.best_epoch, result.best_score = epoch, score
             epochs_without_improvement = 0
@@ -1283,19 +1405,20 @@ def run_training_loop(
                 best_state = {}
         else:
             epochs_without_improvement += 1
-        log.info(
-            "%s epoch %d/%d: loss %.4f, %s %.4f%s (%.1fs)",
-            name,
-            epoch,
-            config.epochs,
-            record["loss"],
-            monitor,
-            score,
-            " *" if improved else "",
-            record["seconds"],
-        )
-        if on_epoch_end is not None:
-            on_epoch_end(record)
+        if group.is_main:
+            log.info(
+                "%s epoch %d/%d: loss %.4f, %s %.4f%s (%.1fs)",
+                name,
+                epoch,
+                config.epochs,
+                record["loss"],
+                monitor,
+                score,
+                " *" if improved else "",
+                record["seconds"],
+            )
+            if on_epoch_end is not None:
+                on_epoch_end(record)
         if config.patience is not None and epochs_without_improvement >= config.patience:
             result.stopped_early = epoch < config.epochs
             break
@@ -1306,14 +1429,15 @@ def run_training_loop(
                 parameter.copy_(best_state[key].to(parameter.device))
     result.seconds = time.perf_counter() - started
     model.eval()
-    log.info(
-        "%s training: best epoch %d (%s %.4f), %.1fs.",
-        name,
-        result.best_epoch,
-        monitor,
-        result.best_score,
-        result.seconds,
-    )
+    if group.is_main:
+        log.info(
+            "%s training: best epoch %d (%s %.4f), %.1fs.",
+            name,
+            result.best_epoch,
+            monitor,
+            result.best_score,
+            result.seconds,
+        )
     return result
 
 
@@ -1326,6 +1450,7 @@ def train_llm4rec(
     histories: Sequence[Sequence[int]] | None = None,
     validate_fn: Callable[[LLM4Rec], Mapping[str, float]] | None = None,
     on_epoch_end: Callable[[dict[str, float]], None] | None = None,
+    distributed: bool = False,
 ) -> TrainResult:
     """Fine-tune LLM4Rec with the paper's loss; early stopping on validation; best weights kept.
 
@@ -1338,14 +1463,18 @@ def train_llm4rec(
         histories: Optional N lists of the prompt's history item ids (kept out of the negatives).
         validate_fn: Called after each epoch with the model in eval mode; returns metrics such as
             ``{"ndcg@20": ...}``. Without it the training loss is monitored.
-        on_epoch_end: Receives each epoch's record (e.g. to log it to MLflow).
+        on_epoch_end: Receives each epoch's record (e.g. to log it to MLflow); rank 0 only under DDP.
+        distributed: Train as one rank of the initialised ``torch.distributed`` process group (every rank
+            calls this with the same arguments); see :func:`run_training_loop` for what is shared how.
 
     Returns:
         The :class:`TrainResult`; the model ends in eval mode holding the best epoch's weights.
     """
     config = config or TrainConfig()
     with limit_torch_threads(config.num_threads):
-        return _train(model, prompts, target_items, item_vectors, config, histories, validate_fn, on_epoch_end)
+        return _train(
+            model, prompts, target_items, item_vectors, config, histories, validate_fn, on_epoch_end, distributed
+        )
 
 
 def _train(
@@ -1357,6 +1486,7 @@ def _train(
     histories: Sequence[Sequence[int]] | None,
     validate_fn: Callable[[LLM4Rec], Mapping[str, float]] | None,
     on_epoch_end: Callable[[dict[str, float]], None] | None,
+    distributed: bool = False,
 ) -> TrainResult:
     """Body of :func:`train_llm4rec` (arguments documented there)."""
     prompts = list(prompts)  # positional access even for a pandas Series with a non-default index
@@ -1377,24 +1507,30 @@ def _train(
         raise ValueError(f"Got {len(histories)} histories for {n_samples} prompts.")
     use_history = histories is not None and config.exclude_history_from_negatives
     history_table = pad_histories(histories) if use_history else None  # type: ignore[arg-type]
-    setup = prepare_training(model, config, n_samples, validate_fn)
+    setup = prepare_training(model, config, n_samples, validate_fn, distributed)
     device, generator, autocast_dtype = setup.device, setup.generator, setup.autocast_dtype
     unit_items = F.normalize(item_vectors.detach().float(), dim=-1).to(device)
+    negatives = torch.zeros((n_samples, config.num_negatives), dtype=torch.long)
 
-    def batch_loss(rows: torch.Tensor) -> torch.Tensor:
-        batch = model.backbone.tokenize([prompts[i] for i in rows.tolist()])
-        batch_targets = targets[rows]
-        negatives = sample_negatives(
-            batch_targets,
+    def draw_negatives(order: torch.Tensor) -> None:
+        # The whole epoch's negatives in one draw from the shared generator: every rank draws the same, so
+        # the generator stays in step across ranks and a prompt's negatives do not depend on the batching.
+        negatives[order] = sample_negatives(
+            targets[order],
             n_items,
             config.num_negatives,
             generator,
-            exclude=history_table[rows] if history_table is not None else None,
-        )
-        with _autocast(device, autocast_dtype):
-            z = model(**batch)
-        return tokenrec_loss(
-            z.float(), unit_items[batch_targets.to(device)], unit_items[negatives.to(device)], config.gamma
+            exclude=history_table[order] if history_table is not None else None,
         )
 
-    return run_training_loop(model, n_samples, batch_loss, setup, validate_fn, on_epoch_end, "llm4rec")
+    def batch_loss(rows: torch.Tensor) -> torch.Tensor:
+        batch = model.backbone.tokenize([prompts[i] for i in rows.tolist()])
+        with _autocast(device, autocast_dtype):
+            z = setup.forward_model(**batch)
+        return tokenrec_loss(
+            z.float(), unit_items[targets[rows].to(device)], unit_items[negatives[rows].to(device)], config.gamma
+        )
+
+    return run_training_loop(
+        model, n_samples, batch_loss, setup, validate_fn, on_epoch_end, "llm4rec", on_epoch_start=draw_negatives
+    )
