@@ -11,10 +11,14 @@ from tests.conftest import run_kedro, run_kedro_cli
 TINY = {
     "ingestion": {"synthetic": {"n_users": 120, "n_items": 60, "n_groups": 4, "mean_history": 12.0}},
     "cf_pretraining": {"lightgcn": {"epochs": 4, "patience": 2}, "mf": {"epochs": 4, "patience": 2}},
+    "baselines": {"sasrec": {"epochs": 2, "patience": 1, "hidden_size": 16, "max_length": 10},
+                  "bert4rec": {"epochs": 2, "patience": 1, "hidden_size": 16, "max_length": 10}},
     "tokenizer": {"codebook_size": 8, "epochs": 3, "patience": 2, "hidden_dims": [32], "code_dim": 8},
     "prompting": {"max_prefixes_per_user": 1, "history_length": 5},
     "llm4rec": {"model": {"max_length": 48},
                 "training": {"epochs": 1, "batch_size": 16, "samples_per_epoch": 32, "num_threads": 1}},
+    "autoregressive": {"training": {"epochs": 1, "batch_size": 16, "samples_per_epoch": 32, "num_threads": 1},
+                       "valid_prompts": 16},
     "evaluation": {"latency_users": 16, "latency_single_users": 2},
 }
 
@@ -25,7 +29,7 @@ def test_full_pipeline_produces_every_row_and_one_mlflow_run(kedro_project):
 
     table = pd.read_csv(kedro_project / "data/08_reporting/evaluation_metrics.csv")
     test = table[table["split"] == "test"]
-    expected_models = {"pop", "mf", "lightgcn", "tokenrec", "tokenrec (unseen_prompt)", "tokenrec (user_only)"}
+    expected_models = {"pop", "mf", "lightgcn", "sasrec", "bert4rec", "tokenrec", "tokenrec (unseen_prompt)", "tokenrec (user_only)"}
     for group in ("seen", "unseen"):
         assert set(test.loc[test["user_group"] == group, "model"]) == expected_models
     assert set(test["metric"]) == {f"{m}@{k}" for m in ("HR", "NDCG") for k in (10, 20, 30)}
@@ -42,6 +46,22 @@ def test_full_pipeline_produces_every_row_and_one_mlflow_run(kedro_project):
     assert run["metrics.evaluation_metrics_mlflow.tokenrec.test.seen.HR_at_20"] == pytest.approx(
         test.query("model == 'tokenrec' and user_group == 'seen' and metric == 'HR@20'")["value"].item())
     assert "metrics.tokenizer_diagnostics_mlflow.tokenizer.item.collision_rate" in runs.columns
+
+    # the run logged the recommend path as one MLflow model; it answers a request table in-process
+    model = mlflow.pyfunc.load_model(f"runs:/{run['run_id']}/tokenrec_recommender")
+    user_map = pd.read_parquet(kedro_project / "data/03_primary/user_map.parquet")
+    item_map = pd.read_parquet(kedro_project / "data/03_primary/item_map.parquet")
+    seen_user = str(user_map.loc[user_map["user_group"] == "seen", "original_user"].iloc[0])
+    new_history = item_map["original_item"].astype(str).head(3).tolist()
+    recs = model.predict(pd.DataFrame({"user": [seen_user, None], "history": [None, " ".join(new_history)]}),
+                         params={"recommend.top_k": 4})
+    assert recs.groupby("request_id").size().to_dict() == {f"user:{seen_user}": 4, "history:1": 4}
+    assert recs["item"].isin(item_map["original_item"].astype(str)).all()
+    assert not recs.loc[recs["request_id"] == "history:1", "item"].isin(new_history).any()
+    split = pd.read_parquet(kedro_project / "data/03_primary/interactions_split.parquet")
+    seen_id = user_map.loc[user_map["original_user"].astype(str) == seen_user, "user_id"].item()
+    seen_history = split.loc[split["user_id"] == seen_id, "item_id"]
+    assert not recs.loc[recs["request_id"] == f"user:{seen_user}", "item_id"].isin(seen_history).any()
 
 
 def _tree_digest(folder):

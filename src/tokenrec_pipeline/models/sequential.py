@@ -102,6 +102,9 @@ class SequentialConfig:
     mask_prob: float = 0.2
     """BERT4Rec: share of items replaced by ``[mask]`` in training."""
     eval_every: int = 1
+    max_train_seconds: float | None = None
+    """Stop after the first epoch that ends past this many seconds (``None``: no cap); the best
+    validation epoch so far is kept, as with early stopping."""
     eval_ks: tuple[int, ...] = DEFAULT_KS
     eval_batch_size: int = 512
     seed: int = 0
@@ -426,8 +429,13 @@ def train_sequential(
             else:
                 bad_evals += 1
             epochs.set_postfix(loss=f"{record['loss']:.4f}", ndcg20=f"{score:.4f}", best=best_epoch)
+            logger.debug("%s epoch %d: loss %.4f, valid %s %.4f (%.0f s)", config.model, epoch, record["loss"],
+                         SELECTION_METRIC, score, time.perf_counter() - start)
         history.append(record)
         if bad_evals >= config.patience:
+            break
+        if config.max_train_seconds is not None and time.perf_counter() - start > config.max_train_seconds:
+            logger.info("%s: max_train_seconds=%s reached after epoch %d.", config.model, config.max_train_seconds, epoch)
             break
 
     epochs_run = epoch + 1
