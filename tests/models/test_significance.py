@@ -54,6 +54,14 @@ def test_per_user_metrics_use_the_tie_rule_when_counts_are_given():
     assert table["NDCG@20"].item() == pytest.approx((1 / math.log2(20) + 1 / math.log2(21)) / 4)
 
 
+def test_tables_with_and_without_tie_counts_mix_row_by_row():
+    exact = pd.DataFrame({"model": ["pop"], "split": ["test"], "user_group": ["seen"], "user_id": [0],
+                          "rank": [19.5], "n_greater": [18], "n_tied": [3]})
+    untied = pd.DataFrame({"model": ["sasrec"], "split": ["test"], "user_group": ["seen"], "user_id": [0], "rank": [19.0]})
+    table = per_user_metrics(pd.concat([exact, untied], ignore_index=True), ["HR@20"])
+    assert table["HR@20"].tolist() == [0.5, 1.0]
+
+
 def test_paired_wilcoxon_and_t_test_match_a_hand_computation():
     tok = np.array([_ndcg20(r) for r in TOKENREC_RANKS])
     lgc = np.array([_ndcg20(r) for r in LIGHTGCN_RANKS])

@@ -58,22 +58,30 @@ def per_user_metrics(ranks: pd.DataFrame, metrics: Sequence[str] = ("HR@20", "ND
             "(data/07_model_output/ranks/<model>_ranks.parquet)."
         )
     out = ranks.copy()
-    exact = {"n_greater", "n_tied"} <= set(ranks.columns)
-    if not exact and len(ranks) and (ranks["rank"] % 1 != 0).any():
+    # Row-wise: concatenated tables may mix models that wrote the tie counts with models that did not.
+    if {"n_greater", "n_tied"} <= set(ranks.columns):
+        exact = (ranks["n_greater"].notna() & ranks["n_tied"].notna()).to_numpy()
+    else:
+        exact = np.zeros(len(ranks), dtype=bool)
+    rank = ranks["rank"].to_numpy(dtype=np.float64)
+    approximate = ~exact & (rank % 1 != 0)
+    if approximate.any():
         logger.warning(
             "ranks of %s have tied targets but no n_greater/n_tied columns: per-user metrics use the expected "
             "rank as if untied (their means can differ slightly from the metrics table).",
-            sorted(ranks.loc[ranks["rank"] % 1 != 0, "model"].unique()),
+            sorted(ranks.loc[approximate, "model"].unique()),
         )
+    counts = {c: pd.to_numeric(ranks[c], errors="coerce").fillna(0).to_numpy(np.int64) for c in ("n_greater", "n_tied")
+              if exact.any()}
+    n_greater, n_tied = counts.get("n_greater"), counts.get("n_tied")
     for metric in metrics:
         name, k = _parse_metric(metric)
-        if exact:
+        hit = rank < k
+        values = hit.astype(np.float64) if name == "HR" else np.where(hit, 1.0 / np.log2(rank + 2.0), 0.0)
+        if n_greater is not None:
             fn = expected_hit_rate if name == "HR" else expected_ndcg
-            out[metric] = fn(ranks["n_greater"].to_numpy(), ranks["n_tied"].to_numpy(), k)
-        else:
-            rank = ranks["rank"].to_numpy(dtype=np.float64)
-            hit = rank < k
-            out[metric] = hit.astype(np.float64) if name == "HR" else np.where(hit, 1.0 / np.log2(rank + 2.0), 0.0)
+            values = np.where(exact, fn(n_greater, n_tied, k), values)
+        out[metric] = values
     return out
 
 

@@ -56,7 +56,8 @@ def evaluate_prompt_variants(model: LLM4Rec, test_prompts: pd.DataFrame, item_ve
         name = model_name if variant == "full" else f"{model_name} ({variant})"
         frames.append(metrics_to_frame({group: result}, model=name, split="test"))
         ranks.append(pd.DataFrame({"model": name, "split": "test", "user_group": group,
-                                   "user_id": result.users, "target_item": result.targets, "rank": result.ranks}))
+                                   "user_id": result.users, "target_item": result.targets, "rank": result.ranks,
+                                   "n_greater": result.n_greater, "n_tied": result.n_tied}))
     return pd.concat(frames, ignore_index=True), pd.concat(ranks, ignore_index=True)
 
 

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 BASELINES = ("pop", "mf", "lightgcn", "sasrec", "bert4rec")
 """Names ``baselines.enabled`` may list (rows of the baseline table)."""
 
-RANKS_COLUMNS = ("model", "split", "user_group", "user_id", "target_item", "rank")
+RANKS_COLUMNS = ("model", "split", "user_group", "user_id", "target_item", "rank", "n_greater", "n_tied")
 
 
 def enabled_baselines(enabled: list[str] | str) -> list[str]:
@@ -49,7 +49,9 @@ def ranks_frame(results: dict[str, dict[str, RankingResult]], model: str) -> pd.
     """Per-user expected ranks (for paired significance tests later), one row per evaluated user."""
     frames = [
         pd.DataFrame({"model": model, "split": split, "user_group": group, "user_id": res.users.astype(np.int64),
-                      "target_item": res.targets.astype(np.int64), "rank": res.ranks})
+                      "target_item": res.targets.astype(np.int64), "rank": res.ranks,
+                      # the exact tie counts behind `rank`, so per-user HR/NDCG follow the evaluator's tie rule
+                      "n_greater": res.n_greater, "n_tied": res.n_tied})
         for split, groups in results.items()
         for group, res in groups.items()
     ]

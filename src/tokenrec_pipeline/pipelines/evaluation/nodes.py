@@ -16,8 +16,10 @@ import torch  # noqa: E402
 from tokenrec_pipeline.models.evaluation import metrics_wide  # noqa: E402
 from tokenrec_pipeline.models.item_index import ItemIndex  # noqa: E402
 from tokenrec_pipeline.models.llm4rec import LLM4Rec  # noqa: E402
+from tokenrec_pipeline.models.significance import SIGNIFICANCE_COLUMNS, significance_table  # noqa: E402
 from tokenrec_pipeline.models.tokenrec import evaluate_prompt_variants, item_vectors_from_index, time_retrieval  # noqa: E402
-from tokenrec_pipeline.reporting import markdown_table, metrics_table_to_mlflow  # noqa: E402
+from tokenrec_pipeline.paper_reference import paper_beside, paper_rows  # noqa: E402
+from tokenrec_pipeline.reporting import markdown_table, metrics_table_to_mlflow, mlflow_name  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -77,15 +79,92 @@ def _bar_chart(wide: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def report_evaluation(baseline_metrics: pd.DataFrame, tokenrec_metrics: pd.DataFrame,
-                      inference_latency: pd.DataFrame) -> tuple[pd.DataFrame, str, dict, plt.Figure]:
-    """The run's one results table (Pop, MF, LightGCN, TokenRec and its variants; valid + test;
-    seen + unseen users) as CSV, Markdown, MLflow metrics and a bar chart."""
-    long = pd.concat([baseline_metrics, tokenrec_metrics], ignore_index=True)
+def compare_with_reference(evaluation: dict, seed: int, *ranks_tables: pd.DataFrame) -> pd.DataFrame:
+    """Bootstrap intervals of every compared model's HR@20 / NDCG@20 and paired tests of its
+    per-user NDCG@20 against the reference model (TokenRec) on the users both were evaluated on.
+
+    ``ranks_tables``: the per-user ranks of every compared model (any number; empty tables from
+    switched-off baselines are skipped). Settings: ``evaluation.significance``.
+    """
+    config = evaluation.get("significance", {})
+    tables = [table for table in ranks_tables if len(table)]
+    if not tables:
+        return pd.DataFrame(columns=list(SIGNIFICANCE_COLUMNS))
+    table = significance_table(
+        pd.concat(tables, ignore_index=True),
+        reference=config.get("reference_model", "tokenrec"),
+        test_metric=config.get("test_metric", "NDCG@20"),
+        interval_metrics=config.get("interval_metrics", ["HR@20", "NDCG@20"]),
+        n_resamples=int(config.get("n_resamples", 1000)),
+        confidence=float(config.get("confidence", 0.95)),
+        seed=seed,
+        splits=config.get("splits", ["test"]),
+    )
+    for row in table.dropna(subset=["p_wilcoxon"]).itertuples():
+        logger.info("%s %-6s %-26s %s %+.4f vs %s: Wilcoxon p=%.3g, paired t p=%.3g (%d users)", row.split,
+                    row.user_group, row.model, row.metric, row.mean_diff, row.reference, row.p_wilcoxon,
+                    row.p_ttest, row.n_paired)
+    return table
+
+
+def significance_to_mlflow(significance: pd.DataFrame) -> dict:
+    """``<model>.<split>.<group>.<metric>.{ci_low,ci_high,p_wilcoxon,p_ttest,mean_diff}`` metrics (NaN left out)."""
+    metrics = {}
+    for row in significance.to_dict("records"):
+        for column in ("ci_low", "ci_high", "p_wilcoxon", "p_ttest", "mean_diff"):
+            if pd.notna(row[column]):
+                name = f"{row['model']}.{row['split']}.{row['user_group']}.{row['metric']}.{column}"
+                metrics[mlflow_name(name)] = {"value": float(row[column]), "step": 0}
+    return metrics
+
+
+def _with_significance(wide: pd.DataFrame, significance: pd.DataFrame) -> pd.DataFrame:
+    """Interval and p-value columns (formatted for reading) next to each (model, split, user_group) row."""
+    if significance.empty:
+        return wide
+    keys = ["model", "split", "user_group"]
+    columns = {}
+    for metric, part in significance.groupby("metric", sort=False):
+        part = part.set_index(keys)
+        columns[f"{metric} CI"] = part.apply(lambda r: f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]", axis=1)
+        tested = part.dropna(subset=["p_wilcoxon"])
+        if len(tested):
+            reference = tested["reference"].iloc[0]
+            columns[f"Δ{metric} vs {reference}"] = tested["mean_diff"].map(lambda v: f"{v:+.4f}")
+            columns["p Wilcoxon"] = tested["p_wilcoxon"].map(lambda v: f"{v:.2g}")
+            columns["p t-test"] = tested["p_ttest"].map(lambda v: f"{v:.2g}")
+    extra = pd.DataFrame(columns).reset_index()
+    return wide.merge(extra, on=keys, how="left").fillna({c: "" for c in columns})
+
+
+def report_evaluation(inference_latency: pd.DataFrame, evaluation_significance: pd.DataFrame,
+                      paper_reference: dict, dataset: str, *metric_tables: pd.DataFrame,
+                      ) -> tuple[pd.DataFrame, str, dict, plt.Figure]:
+    """The run's one results table (Pop, MF, LightGCN, TokenRec and its variants, any other compared
+    model; valid + test; seen + unseen users) as CSV, Markdown, MLflow metrics and a bar chart.
+
+    The Markdown table carries each model's bootstrap intervals and paired tests against TokenRec
+    (``evaluation_significance``) and, for datasets in the paper, the paper's reported values in
+    ``paper ...`` columns with a line saying why they are not directly comparable.
+    """
+    long = pd.concat([table for table in metric_tables if len(table)], ignore_index=True)
     wide = metrics_wide(long)
-    metrics = metrics_table_to_mlflow(long)
+    metrics = {**metrics_table_to_mlflow(long), **significance_to_mlflow(evaluation_significance)}
     for row in inference_latency.itertuples():
         metrics[f"latency.{row.model}.batch_{row.batch_size}.ms_per_user"] = {"value": float(row.ms_per_user), "step": 0}
     for row in wide[wide["split"] == "test"].to_dict("records"):
         logger.info("test %-6s %-26s HR@20=%.4f NDCG@20=%.4f", row["user_group"], row["model"], row["HR@20"], row["NDCG@20"])
-    return long, markdown_table(wide) + "\n" + markdown_table(inference_latency), metrics, _bar_chart(wide)
+    paper = paper_rows(paper_reference, dataset)
+    table = paper_beside(_with_significance(wide, evaluation_significance), paper)
+    for column in (c for c in table.columns if c.startswith("paper ") and c != "paper table"):
+        table[column] = table[column].map(lambda v: "" if pd.isna(v) else f"{v:.4f}")  # the paper lacks it
+    lines = [f"# Evaluation: `{dataset}`", ""]
+    if not evaluation_significance.empty:
+        lines += ["`CI`: percentile bootstrap interval over users; `Δ` and `p`: per-user difference from the "
+                  "reference model, Wilcoxon signed-rank and paired t-test (see README, "
+                  "\"Reading the significance columns\").", ""]
+    if not paper.empty:
+        lines += [f"`paper ...` columns: the values the TokenRec paper reports for {paper['paper_dataset'].iloc[0]} "
+                  f"(`paper table` = its table). {paper_reference.get('protocol_note', '')}", ""]
+    markdown = "\n".join(lines) + "\n" + markdown_table(table) + "\n" + markdown_table(inference_latency)
+    return long, markdown, metrics, _bar_chart(wide)

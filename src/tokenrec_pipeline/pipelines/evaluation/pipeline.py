@@ -2,7 +2,13 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import evaluate_tokenrec, measure_inference_latency, report_evaluation
+from .nodes import compare_with_reference, evaluate_tokenrec, measure_inference_latency, report_evaluation
+
+COMPARED_RANKS = ["pop.ranks", "mf.ranks", "lightgcn.ranks", "sasrec.ranks", "bert4rec.ranks", "tokenrec.ranks"]
+"""Per-user ranks of every model in the significance table; append a new model's ``<model>.ranks`` here."""
+
+METRIC_TABLES = ["baseline_metrics", "tokenrec.metrics"]
+"""Long metrics tables concatenated into ``evaluation_metrics``; append a new model's ``<model>.metrics`` here."""
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -12,7 +18,10 @@ def create_pipeline(**kwargs) -> Pipeline:
         Node(measure_inference_latency,
              ["llm4rec_model", "item_index", "test_prompts", "cf_embeddings", "params:evaluation"],
              "inference_latency", name="measure_inference_latency"),
-        Node(report_evaluation, ["baseline_metrics", "tokenrec.metrics", "inference_latency"],
+        Node(compare_with_reference, ["params:evaluation", "params:seed", *COMPARED_RANKS],
+             "evaluation_significance", name="compare_with_reference"),
+        Node(report_evaluation,
+             ["inference_latency", "evaluation_significance", "paper_reference", "params:dataset", *METRIC_TABLES],
              ["evaluation_metrics", "evaluation_metrics_markdown", "evaluation_metrics_mlflow", "evaluation_chart"],
              name="report_evaluation"),
     ])
