@@ -235,19 +235,17 @@ def split_global_temporal(
     frame = chronological_order(frame)
     c1, c2 = temporal_cutoffs(frame["timestamp"], quantiles)
     window = np.searchsorted([c1, c2], frame["timestamp"].to_numpy(np.int64), side="right")
-    by_user = pd.DataFrame({"user": frame["user"].to_numpy(), "window": window})
-    first_in_window = by_user.groupby(["user", "window"], sort=False).cumcount().to_numpy() == 0
-    per_user = by_user.assign(train=window == 0, test=window == 2).groupby("user", sort=False)
-    has_train = per_user["train"].transform("any").to_numpy()
-    has_test = per_user["test"].transform("any").to_numpy()
-
-    users = _sorted_unique(frame["user"])
+    # Integer user codes: per-user flags by bincount, no string comparisons over rows.
+    codes, labels = pd.factorize(frame["user"])
+    first_in_window = pd.Series(window).groupby(codes * 3 + window, sort=False).cumcount().to_numpy() == 0
+    has_train_u, has_valid_u, has_test_u = (np.bincount(codes[window == w], minlength=len(labels)) > 0 for w in range(3))
     # A user with a test row has a row before it unless every row is in the test window.
-    candidates = _sorted_unique(frame.loc[has_test & (per_user["window"].transform("min").to_numpy() < 2), "user"])
+    candidates = _sorted_unique(pd.Series(labels[has_test_u & (has_train_u | has_valid_u)]))
     unseen_users = candidates[_draw_unseen(candidates, unseen_user_fraction, seed)]
-    is_unseen = frame["user"].isin(unseen_users).to_numpy()
-    trainable = frame.loc[has_train & ~is_unseen, "user"]
-    seen_users = users[np.isin(users, trainable.to_numpy())]
+    unseen_u = pd.Index(labels).isin(unseen_users)
+    seen_users = _sorted_unique(pd.Series(labels[has_train_u & ~unseen_u]))
+    users = labels
+    is_unseen, is_seen, has_test = unseen_u[codes], (has_train_u & ~unseen_u)[codes], has_test_u[codes]
 
     split = np.full(len(frame), None, dtype=object)
     split[window == 0] = "train"
@@ -256,7 +254,7 @@ def split_global_temporal(
     split[(window == 2) & first_in_window] = "test"
     split[is_unseen] = np.where((window[is_unseen] == 2) & first_in_window[is_unseen], "unseen_test", None)
     split[is_unseen & (window < 2)] = "unseen_history"
-    keep = (split != None) & (is_unseen | np.isin(frame["user"].to_numpy(), seen_users))  # noqa: E711
+    keep = (split != None) & (is_unseen | is_seen)  # noqa: E711
     n_dropped_users = len(users) - len(seen_users) - len(unseen_users)
     if n_dropped_users:
         logger.info("global_temporal: dropping %d users with no interaction before the first cut-off.", n_dropped_users)
