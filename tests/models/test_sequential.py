@@ -88,6 +88,17 @@ def test_shapes(model_name):
     assert torch.isfinite(scores).all()
 
 
+@pytest.mark.parametrize("model_name", ["sasrec", "bert4rec"])
+def test_trimming_shared_left_padding_changes_no_output(model_name):
+    model = sq.build_sequential_model(tiny_config(model_name), N_ITEMS).eval()
+    tokens = torch.tensor([[0, 0, 0, 0, 0, 3, 9, 4], [0, 0, 0, 0, 0, 0, 17, 22]])
+    trimmed = sq.trim_left_padding(tokens)
+    assert trimmed.shape == (2, 3)
+    with torch.no_grad():
+        assert torch.allclose(model(tokens)[:, -3:], model(trimmed), atol=1e-5)
+    assert sq.trim_left_padding(torch.zeros(2, 8, dtype=torch.long), 2).shape == (2, 2)
+
+
 def test_sasrec_position_never_depends_on_a_later_item():
     model = sq.build_sequential_model(tiny_config("sasrec"), N_ITEMS).eval()
     tokens = torch.tensor([[0, 0, 3, 9, 4, 17, 22, 8]])
