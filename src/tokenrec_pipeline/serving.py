@@ -59,10 +59,10 @@ REQUEST_COLUMNS = ("request_id", "user", "history")
 
 
 def requests_to_frame(requests: list[Request]) -> pd.DataFrame:
-    """Requests -> the request table the recommend pipeline and the MLflow model read (strings only,
-    ``""`` for an absent user / history, history items separated by spaces)."""
-    return pd.DataFrame({"request_id": [r.request_id for r in requests], "user": [r.user or "" for r in requests],
-                         "history": [" ".join(r.history) for r in requests]}, columns=list(REQUEST_COLUMNS))
+    """Requests -> the request table the recommend pipeline and the MLflow model read (strings, ``None``
+    for an absent user / history, history items separated by spaces)."""
+    return pd.DataFrame({"request_id": [r.request_id for r in requests], "user": [r.user for r in requests],
+                         "history": [" ".join(r.history) or None for r in requests]}, columns=list(REQUEST_COLUMNS))
 
 
 def _cell(value: object) -> str:

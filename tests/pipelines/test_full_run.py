@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import mlflow
 import pandas as pd
 import pytest
@@ -47,6 +49,14 @@ def test_full_pipeline_produces_every_row_and_one_mlflow_run(kedro_project):
         test.query("model == 'tokenrec' and user_group == 'seen' and metric == 'HR@20'")["value"].item())
     assert "metrics.tokenizer_diagnostics_mlflow.tokenizer.item.collision_rate" in runs.columns
 
+    # the reporting stage's figures, on disk and as artifacts of the same MLflow run
+    figures = {"metrics_by_model.json", "tokenizer_diagnostics.json", "training_curves.json",
+               "items_by_first_token.png", "items_by_popularity.png"}
+    assert {p.name for p in (kedro_project / "data/08_reporting/figures").iterdir()} == figures
+    assert {a.path.split("/")[-1] for a in mlflow.MlflowClient().list_artifacts(run["run_id"], "figures")} == figures
+    bars = json.loads((kedro_project / "data/08_reporting/figures/metrics_by_model.json").read_text())["data"]
+    assert {bar["name"] for bar in bars} == expected_models
+
     # the run logged the recommend path as one MLflow model; it answers a request table in-process
     model = mlflow.pyfunc.load_model(f"runs:/{run['run_id']}/tokenrec_recommender")
     user_map = pd.read_parquet(kedro_project / "data/03_primary/user_map.parquet")
@@ -57,6 +67,7 @@ def test_full_pipeline_produces_every_row_and_one_mlflow_run(kedro_project):
                          params={"recommend.top_k": 4})
     assert recs.groupby("request_id").size().to_dict() == {f"user:{seen_user}": 4, "history:1": 4}
     assert recs["item"].isin(item_map["original_item"].astype(str)).all()
+    assert recs["user"].map(type).eq(str).all()  # no NaN: the served answer must be valid JSON
     assert not recs.loc[recs["request_id"] == "history:1", "item"].isin(new_history).any()
     split = pd.read_parquet(kedro_project / "data/03_primary/interactions_split.parquet")
     seen_id = user_map.loc[user_map["original_user"].astype(str) == seen_user, "user_id"].item()

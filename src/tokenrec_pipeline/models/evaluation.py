@@ -517,6 +517,20 @@ def metrics_to_frame(results: Mapping[str, RankingResult], *, model: str, split:
     return pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
 
 
+RANK_COLUMNS = ("model", "split", "user_group", "user_id", "target_item", "rank", "n_greater", "n_tied")
+
+
+def ranks_to_frame(results: Mapping[str, RankingResult], *, model: str, split: str) -> pd.DataFrame:
+    """Per-user table with :data:`RANK_COLUMNS` from ``{user_group: RankingResult}``: the input of the
+    paired significance tests (``n_greater`` / ``n_tied`` keep the exact tie rule)."""
+    frames = [
+        pd.DataFrame({"model": model, "split": split, "user_group": group, "user_id": res.users,
+                      "target_item": res.targets, "rank": res.ranks, "n_greater": res.n_greater, "n_tied": res.n_tied})
+        for group, res in results.items()
+    ]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(RANK_COLUMNS))
+
+
 def metrics_wide(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, split, user_group), one column per metric (HR@10, NDCG@10, HR@20, ...)."""
     wide = frame.pivot_table(index=["model", "split", "user_group", "n_users"], columns="metric", values="value", sort=False)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tokenrec_pipeline.models.evaluation import RankingResult, evaluate_ranking, metrics_to_frame
+from tokenrec_pipeline.models.evaluation import RankingResult, evaluate_ranking, metrics_to_frame, ranks_to_frame
 from tokenrec_pipeline.models.item_index import ItemIndex, search
 from tokenrec_pipeline.models.llm4rec import LLM4Rec
 from tokenrec_pipeline.models.tokenizers import FittedTokenizer, token_vocabulary
@@ -55,9 +55,7 @@ def evaluate_prompt_variants(model: LLM4Rec, test_prompts: pd.DataFrame, item_ve
         result = evaluate_prompts(model, rows, item_vectors, batch_size)
         name = model_name if variant == "full" else f"{model_name} ({variant})"
         frames.append(metrics_to_frame({group: result}, model=name, split="test"))
-        ranks.append(pd.DataFrame({"model": name, "split": "test", "user_group": group,
-                                   "user_id": result.users, "target_item": result.targets, "rank": result.ranks,
-                                   "n_greater": result.n_greater, "n_tied": result.n_tied}))
+        ranks.append(ranks_to_frame({group: result}, model=name, split="test"))
     return pd.concat(frames, ignore_index=True), pd.concat(ranks, ignore_index=True)
 
 

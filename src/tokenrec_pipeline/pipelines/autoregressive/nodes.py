@@ -25,14 +25,13 @@ from tokenrec_pipeline.models.autoregressive import (
     evaluate_generation,
     train_autoregressive,
 )
-from tokenrec_pipeline.models.evaluation import METRIC_COLUMNS, metrics_to_frame
+from tokenrec_pipeline.models.evaluation import METRIC_COLUMNS, RANK_COLUMNS, metrics_to_frame, ranks_to_frame
 from tokenrec_pipeline.models.tokenizers import FittedTokenizer
 from tokenrec_pipeline.models.tokenrec import id_token_vocabularies
 from tokenrec_pipeline.reporting import history_to_mlflow
 
 logger = logging.getLogger(__name__)
 
-RANKS_COLUMNS = ["model", "split", "user_group", "user_id", "target_item", "rank"]
 
 
 def item_code_table(item_tokens: pd.DataFrame) -> np.ndarray:
@@ -131,7 +130,7 @@ def evaluate_autoregressive_model(
         named ``autoregressive (constrained)`` and ``autoregressive (unconstrained)``.
     """
     if isinstance(autoregressive_model, SkippedModel):
-        return (pd.DataFrame(columns=list(METRIC_COLUMNS)), pd.DataFrame(columns=RANKS_COLUMNS),
+        return (pd.DataFrame(columns=list(METRIC_COLUMNS)), pd.DataFrame(columns=list(RANK_COLUMNS)),
                 pd.DataFrame(columns=["model", "user_group", "prompts", "generated", "invalid", "invalid_rate"]))
     codes = item_code_table(item_tokens)
     trie = CodeTrie(codes, autoregressive_model.codebook_size)
@@ -148,8 +147,7 @@ def evaluate_autoregressive_model(
             result, output = evaluate_generation(autoregressive_model, prompts, users, histories, targets, trie,
                                                  beam_size=beam, mode=mode, show_progress=True)
             frames.append(metrics_to_frame({group: result}, model=name, split="test"))
-            ranks.append(pd.DataFrame({"model": name, "split": "test", "user_group": group, "user_id": result.users,
-                                       "target_item": result.targets, "rank": result.ranks}))
+            ranks.append(ranks_to_frame({group: result}, model=name, split="test"))
             summaries.append({"model": name, "user_group": group, "beam_size": beam, **output.summary()})
             logger.info("%s, %s users: HR@20=%.4f, %d of %d generated tuples are no item (%.1f%%), %.1f ms/user",
                         name, group, result.metrics.get("HR@20", float("nan")), output.n_invalid, output.n_generated,

@@ -33,14 +33,15 @@ def requests_from_parameters(recommend: dict) -> pd.DataFrame:
 def example_recommendation_requests(user_map: pd.DataFrame, interactions_split: pd.DataFrame,
                                     item_map: pd.DataFrame) -> pd.DataFrame:
     """A small request table from the training data (two known users, one new user's history): the
-    template of the MLflow model's input, from which its signature is inferred."""
+    template of the MLflow model's input, from which its signature is inferred. Its history row has no
+    ``request_id`` so that the signature marks every column optional, as they are."""
     seen = user_map.loc[user_map["user_group"] == "seen", "original_user"].astype(str).head(2).tolist()
     original_item = item_map.set_index("item_id")["original_item"].astype(str)
     first_user = interactions_split.loc[interactions_split["split"] == "train", "user_id"].iloc[0]
     items = interactions_split.loc[interactions_split["user_id"] == first_user, "item_id"].head(3)
     requests = [Request(f"user:{u}", u, ()) for u in seen]
-    requests.append(Request("history:0", None, tuple(original_item[items].tolist())))
-    return requests_to_frame(requests)
+    requests.append(Request("", None, tuple(original_item[items].tolist())))
+    return requests_to_frame(requests).replace({"request_id": {"": None}})
 
 
 def prepare_requests(recommendation_requests: pd.DataFrame, interactions_split: pd.DataFrame, user_map: pd.DataFrame,
@@ -68,7 +69,7 @@ def recommend_items(llm4rec_model: LLM4Rec, item_index: ItemIndex, recommendatio
                            [list(h) for h in recommendation_prompts["history"]], k)
     original = item_map.set_index("item_id")["original_item"].astype(str)
     rows = [
-        {"request_id": req, "user": user, "rank": rank + 1, "item_id": int(item), "item": original.get(int(item)),
+        {"request_id": req, "user": user if isinstance(user, str) else "", "rank": rank + 1, "item_id": int(item), "item": original.get(int(item)),
          "score": float(score)}
         for req, user, item_row, score_row in zip(recommendation_prompts["request_id"], recommendation_prompts["user"],
                                                   ids, scores)
