@@ -76,6 +76,10 @@ ERRORS_DIR = "errors"
 CURVES_PREFIX = "llm4rec.train"
 """MLflow name prefix of the per-epoch training records (same names in-process and distributed)."""
 
+PLAIN = {"markup": False}
+"""Logging ``extra`` for text we do not control: rich's handler (Kedro's default) would read ``[/...]`` in
+worker output as markup and fail."""
+
 TRAIN_COLUMNS = ("prompt", "target_item", "history")
 VALID_COLUMNS = ("prompt", "user_id", "target_item", "history")
 
@@ -328,8 +332,8 @@ def launch_workers(work_dir: str | os.PathLike[str], settings: DistributedSettin
     command = torchrun_command(folder, settings)
     if int(settings.nnodes) > 1:
         logger.info("Start the other nodes with: %s", " ".join(torchrun_command(folder, settings, node_rank=1))
-                    .replace("--node_rank 1", "--node_rank R"))
-    logger.info("Launching %s", " ".join(command))
+                    .replace("--node_rank 1", "--node_rank R"), extra=PLAIN)
+    logger.info("Launching %s", " ".join(command), extra=PLAIN)
     # Progress bars would arrive as one line per epoch at the end; the epoch log lines say the same.
     env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
     tail: deque[str] = deque(maxlen=60)
@@ -337,7 +341,7 @@ def launch_workers(work_dir: str | os.PathLike[str], settings: DistributedSettin
         assert process.stdout is not None
         for line in process.stdout:
             tail.append(line.rstrip())
-            logger.info("[ddp] %s", line.rstrip())
+            logger.info("ddp| %s", line.rstrip(), extra=PLAIN)
         returncode = process.wait()
     if returncode == 0:
         return

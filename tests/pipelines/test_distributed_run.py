@@ -1,0 +1,65 @@
+"""`kedro run --pipeline=full` on the tiny configuration with LLM4Rec trained by 2 DDP processes (gloo, CPU)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import run_kedro
+from tests.pipelines.test_full_run import TINY, _tree_digest
+
+
+def _distributed_tiny() -> dict:
+    params = copy.deepcopy(TINY)
+    params["llm4rec"]["training"]["epochs"] = 2
+    params["llm4rec"]["distributed"] = {"enabled": True, "nproc_per_node": 2}
+    return params
+
+
+@pytest.mark.slow
+def test_distributed_full_run_then_a_failing_worker_leaves_the_model_intact(kedro_project):
+    params = _distributed_tiny()
+    run_kedro(kedro_project, ["full"], params)
+
+    table = pd.read_csv(kedro_project / "data/08_reporting/evaluation_metrics.csv")
+    test = table[table["split"] == "test"]
+    for group in ("seen", "unseen"):  # the rows of the in-process run (test_full_run)
+        assert {"tokenrec", "tokenrec (unseen_prompt)", "tokenrec (user_only)", "pop", "lightgcn"} <= set(
+            test.loc[test["user_group"] == group, "model"])
+    assert set(test["metric"]) == {f"{m}@{k}" for m in ("HR", "NDCG") for k in (10, 20, 30)}
+    assert test["value"].between(0, 1).all()
+    history = pd.read_csv(kedro_project / "data/08_reporting/llm4rec_training_history.csv")
+    assert history["epoch"].tolist() == [1, 2] and (history["samples"] == 32).all()  # samples_per_epoch, globally
+
+    mlflow.set_tracking_uri(f"sqlite:///{kedro_project / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["tokenrec_pipeline"])
+    assert len(runs) == 1  # rank 0 logged into the kedro run, no run of its own
+    run = runs.iloc[0]
+    assert run["params.llm4rec.distributed.enabled"] == "True"
+    loss_curve = mlflow.MlflowClient().get_metric_history(run["run_id"], "llm4rec.train.loss")
+    assert [m.step for m in loss_curve] == [1, 2]  # logged once per epoch by rank 0, not again by the node
+    np.testing.assert_allclose([m.value for m in loss_curve], history["loss"], rtol=1e-6)
+
+    # A corrupt validation row that only rank 1 reads: the llm4rec run fails with rank 1's error and the
+    # catalog's model is the one from the successful run, byte for byte.
+    model_folder = kedro_project / "data/06_models/llm4rec"
+    digest = _tree_digest(model_folder)
+    valid_path = kedro_project / "data/05_model_input/prompts/valid_prompts.parquet"
+    valid = pd.read_parquet(valid_path)
+    histories = list(valid["history"])
+    histories[1] = np.array([-1])
+    valid["history"] = histories
+    valid.to_parquet(valid_path, index=False)
+    result = subprocess.run([sys.executable, "-m", "kedro", "run", "--pipelines=llm4rec"], cwd=kedro_project,
+                            capture_output=True, text=True, env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"})
+    assert result.returncode != 0
+    output = " ".join((result.stdout + result.stderr).split())  # rich wraps long lines
+    assert "failed on rank 1: ValueError: history item ids must be >= 0" in output
+    assert _tree_digest(model_folder) == digest
