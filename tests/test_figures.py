@@ -156,3 +156,18 @@ def test_projection_by_popularity_node_colours_items_by_training_count_with_a_co
         plot_items_by_popularity({}, item_map)
     with pytest.raises(ValueError, match="item_map"):
         item_projection_by_popularity(np.zeros((3, 4)), np.ones(2))
+
+
+def test_figure_datasets_save_atomically_and_preview(tmp_path):
+    from tokenrec_pipeline.datasets import AtomicMatplotlibDataset, AtomicPlotlyJSONDataset
+
+    plotly_file, png_file = tmp_path / "figures" / "metrics.json", tmp_path / "figures" / "items.png"
+    AtomicPlotlyJSONDataset(filepath=str(plotly_file)).save(metrics_by_model_figure(_metrics_table()))
+    reloaded = AtomicPlotlyJSONDataset(filepath=str(plotly_file))
+    assert [t.name for t in reloaded.load().data][:4] == ["pop", "lightgcn", "tokenrec", "sasrec"]
+    assert reloaded.preview()["layout"]["title"]["text"].startswith("Test HR and NDCG")  # what kedro viz shows
+
+    fig = item_projection_by_popularity(np.random.default_rng(0).normal(size=(5, 3)), np.arange(1, 6))
+    AtomicMatplotlibDataset(filepath=str(png_file)).save(fig)
+    assert png_file.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in png_file.parent.iterdir()) == ["items.png", "metrics.json"]  # no temp file left

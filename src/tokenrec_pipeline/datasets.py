@@ -19,7 +19,9 @@ from typing import Any
 import pandas as pd
 from kedro.io import AbstractDataset
 from kedro_datasets.json import JSONDataset
+from kedro_datasets.matplotlib import MatplotlibDataset
 from kedro_datasets.pandas import CSVDataset, ParquetDataset
+from kedro_datasets.plotly import JSONDataset as PlotlyJSONDataset
 
 from tokenrec_pipeline.data.sources import read_dataset
 
@@ -88,6 +90,14 @@ class AtomicCSVDataset(_AtomicSaveMixin, CSVDataset):
 
 class AtomicJSONDataset(_AtomicSaveMixin, JSONDataset):
     """``json.JSONDataset`` with atomic saves."""
+
+
+class AtomicMatplotlibDataset(_AtomicSaveMixin, MatplotlibDataset):
+    """``matplotlib.MatplotlibDataset`` (one figure per file) with atomic saves; kedro viz previews it."""
+
+
+class AtomicPlotlyJSONDataset(_AtomicSaveMixin, PlotlyJSONDataset):
+    """``plotly.JSONDataset`` with atomic saves; kedro viz previews it as an interactive chart."""
 
 
 class SafetensorsDataset(AbstractDataset[dict, dict]):
