@@ -56,6 +56,7 @@ from tokenrec_pipeline.models.llm4rec import (
     TrainResult,
     _dataclass_from_dict,
     build_llm4rec,
+    check_global_batch,
     load_llm4rec,
     resolve_device,
     train_llm4rec,
@@ -366,6 +367,8 @@ def train_distributed(
     The model is loaded with :func:`~tokenrec_pipeline.models.llm4rec.load_llm4rec`, the catalog's load path
     for ``llm4rec_model``. A temporary job folder is removed after success and kept after a failure.
     """
+    # The workers check too; failing here saves starting them.
+    check_global_batch(job.train_config.batch_size, int(settings.nproc_per_node) * int(settings.nnodes))
     folder = Path(settings.work_dir) if settings.work_dir else Path(tempfile.mkdtemp(prefix="llm4rec-ddp-"))
     write_job(folder, job, settings.backend, mlflow_run_id, mlflow_tracking_uri)
     launch_workers(folder, settings)

@@ -91,7 +91,6 @@ def test_two_process_ddp_equals_one_process_with_the_global_batch(tiny_bert: str
     moved = max((single_state[k] - v).abs().max().item() for k, v in _fresh_state(initial).items())
     assert moved > 1e-3
     worst = max((single_state[k] - ddp_state[k]).abs().max().item() for k in single_state)
-    print(f"max |ddp - single| = {worst:.3g}, moved {moved:.3g}")
     assert worst <= 1e-5, worst
     single_history = pd.DataFrame(result.history)
     assert history["samples"].tolist() == single_history["samples"].tolist() == [17.0, 17.0]
@@ -138,5 +137,6 @@ def test_shards_partition_every_batch_and_settings_are_checked() -> None:
 
 def test_global_batch_must_divide_over_the_processes(tiny_bert: str, tmp_path: Path) -> None:
     job = _job(tiny_bert, batch_size=7)
-    with pytest.raises(DistributedTrainingError, match="batch_size 7 is the global batch"):
+    with pytest.raises(ValueError, match="batch_size 7 is the global batch"):
         train_distributed(job, DistributedSettings(enabled=True, nproc_per_node=2, work_dir=str(tmp_path / "job")))
+    assert not (tmp_path / "job").exists()  # refused before any worker started

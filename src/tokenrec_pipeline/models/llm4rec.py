@@ -1155,6 +1155,15 @@ class ProcessGroup:
         return gathered
 
 
+def check_global_batch(batch_size: int, world_size: int) -> None:
+    """``batch_size`` is the global batch: it must split evenly over the ``world_size`` processes."""
+    if batch_size % world_size:
+        raise ValueError(
+            f"llm4rec training batch_size {batch_size} is the global batch and must divide by the "
+            f"{world_size} processes (nproc_per_node x nnodes)."
+        )
+
+
 class LoopConfig(Protocol):
     """The training parameters :func:`run_training_loop` reads (:class:`TrainConfig` and the autoregressive
     baseline's ``AutoregressiveTrainConfig`` both provide them; meanings as documented on :class:`TrainConfig`)."""
@@ -1251,11 +1260,7 @@ def prepare_training(
         raise ValueError(f"monitor_mode must be 'max' or 'min', got {mode!r}.")
     device: torch.device = model.device  # type: ignore[assignment]
     group = ProcessGroup.current(device) if distributed else ProcessGroup(device=device)
-    if config.batch_size % group.world_size:
-        raise ValueError(
-            f"llm4rec training batch_size {config.batch_size} is the global batch and must divide by the "
-            f"{group.world_size} processes (nproc_per_node x nnodes)."
-        )
+    check_global_batch(config.batch_size, group.world_size)
     # Dropout masks differ per rank (as they would between the rows of one big batch); the generator below
     # is the same on every rank, so all ranks draw the same epoch subsets and negatives.
     torch.manual_seed(config.seed + group.rank)
