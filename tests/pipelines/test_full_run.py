@@ -31,11 +31,16 @@ def test_full_pipeline_produces_every_row_and_one_mlflow_run(kedro_project):
 
     table = pd.read_csv(kedro_project / "data/08_reporting/evaluation_metrics.csv")
     test = table[table["split"] == "test"]
-    expected_models = {"pop", "mf", "lightgcn", "sasrec", "bert4rec", "tokenrec", "tokenrec (unseen_prompt)", "tokenrec (user_only)"}
+    expected_models = {"pop", "mf", "lightgcn", "sasrec", "bert4rec", "autoregressive (constrained)",
+                       "autoregressive (unconstrained)", "tokenrec", "tokenrec (unseen_prompt)", "tokenrec (user_only)"}
     for group in ("seen", "unseen"):
         assert set(test.loc[test["user_group"] == group, "model"]) == expected_models
     assert set(test["metric"]) == {f"{m}@{k}" for m in ("HR", "NDCG") for k in (10, 20, 30)}
     assert test["value"].between(0, 1).all()
+    generation = pd.read_csv(kedro_project / "data/08_reporting/autoregressive_generation_summary.csv")
+    constrained = generation["model"] == "autoregressive (constrained)"
+    assert (generation.loc[constrained, "invalid"] == 0).all()  # the trie only lets real items out
+    assert generation.loc[~constrained, "invalid"].notna().all() and (generation["generated"] > 0).all()
     for artefact in ("evaluation_hr_ndcg.png", "evaluation_metrics.md", "tokenizer_diagnostics.csv",
                      "baseline_metrics.csv", "inference_latency.csv"):
         assert (kedro_project / "data/08_reporting" / artefact).stat().st_size > 0
