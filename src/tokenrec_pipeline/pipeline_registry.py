@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from kedro.pipeline import Pipeline
-from kedro_mlflow.pipeline import pipeline_ml_factory
 
+from tokenrec_pipeline.mlflow_model import bind_training_to_inference
 from tokenrec_pipeline.pipelines import (
     autoregressive,
     cf_pretraining,
@@ -15,13 +15,22 @@ from tokenrec_pipeline.pipelines import (
     preprocessing,
     prompting,
     recommend,
-    sequential_baselines,
     reporting,
+    sequential_baselines,
     tokenization,
 )
 
-
 MLFLOW_MODEL_NAME = "tokenrec_recommender"
+
+
+def _as_stage(name: str, pipeline: Pipeline) -> Pipeline:
+    """The stage's nodes under the namespace ``name``, dataset and parameter names unchanged.
+
+    The namespace groups a stage into one collapsible block in ``kedro viz`` and one task in the
+    Airflow DAG (``kedro airflow create --group-by namespace``): one task per stage, the GPU stage
+    (``llm4rec``) on its own.
+    """
+    return Pipeline(pipeline, namespace=name, prefix_datasets_with_namespace=False)
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -31,26 +40,29 @@ def register_pipelines() -> dict[str, Pipeline]:
         A mapping from pipeline names to ``Pipeline`` objects.
     """
     stages = {
-        "ingestion": ingestion.create_pipeline(),
-        "preprocessing": preprocessing.create_pipeline(),
-        "cf_pretraining": cf_pretraining.create_pipeline(),
-        "sequential_baselines": sequential_baselines.create_pipeline(),  # also part of cf_pretraining
-        "tokenization": tokenization.create_pipeline(),
-        "prompting": prompting.create_pipeline(),
-        "llm4rec": llm4rec.create_pipeline(),
-        "indexing": indexing.create_pipeline(),
-        "autoregressive": autoregressive.create_pipeline(),
-        "evaluation": evaluation.create_pipeline(),
-        "reporting": reporting.create_pipeline(),
+        name: _as_stage(name, create())
+        for name, create in {
+            "ingestion": ingestion.create_pipeline,
+            "preprocessing": preprocessing.create_pipeline,
+            "cf_pretraining": cf_pretraining.create_pipeline,  # includes the sequential baselines' training
+            "tokenization": tokenization.create_pipeline,
+            "prompting": prompting.create_pipeline,
+            "llm4rec": llm4rec.create_pipeline,
+            "indexing": indexing.create_pipeline,
+            "autoregressive": autoregressive.create_pipeline,
+            "evaluation": evaluation.create_pipeline,
+            "reporting": reporting.create_pipeline,
+        }.items()
     }
-    training = sum(stages.values(), Pipeline([])) + recommend.create_example_requests_pipeline()
-    # Training bound to inference (kedro-mlflow): every `kedro run --pipeline=full` logs the recommend
-    # path (requests -> prompts -> LLM4Rec -> faiss top-K) with its artefacts as one MLflow pyfunc model.
-    full = pipeline_ml_factory(
-        training=training,
-        inference=recommend.create_inference_pipeline(),
-        input_name="recommendation_requests",
-        log_model_kwargs={"name": MLFLOW_MODEL_NAME},
-    )
-    serving = {"recommend": recommend.create_pipeline(), "add_items": recommend.create_add_items_pipeline()}
-    return {**stages, **serving, "full": full, "__default__": full}
+    training = sum(stages.values(), Pipeline([])) + _as_stage(
+        "recommend", recommend.create_example_requests_pipeline())
+    # Training bound to inference (kedro-mlflow's PipelineML): every `kedro run --pipeline=full` logs the
+    # recommend path (requests -> prompts -> LLM4Rec -> faiss top-K) with its artefacts as one MLflow model.
+    full = bind_training_to_inference(training, recommend.create_inference_pipeline(), "recommendation_requests",
+                                      MLFLOW_MODEL_NAME)
+    extra = {
+        "sequential_baselines": _as_stage("sequential_baselines", sequential_baselines.create_pipeline()),
+        "recommend": _as_stage("recommend", recommend.create_pipeline()),
+        "add_items": _as_stage("add_items", recommend.create_add_items_pipeline()),
+    }
+    return {**stages, **extra, "full": full, "__default__": full}

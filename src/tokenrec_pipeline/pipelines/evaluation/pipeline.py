@@ -4,10 +4,11 @@ from kedro.pipeline import Node, Pipeline
 
 from .nodes import compare_with_reference, evaluate_tokenrec, measure_inference_latency, report_evaluation
 
-COMPARED_RANKS = ["pop.ranks", "mf.ranks", "lightgcn.ranks", "sasrec.ranks", "bert4rec.ranks", "tokenrec.ranks"]
+COMPARED_RANKS = ["pop.ranks", "mf.ranks", "lightgcn.ranks", "sasrec.ranks", "bert4rec.ranks", "autoregressive.ranks",
+                  "tokenrec.ranks"]
 """Per-user ranks of every model in the significance table; append a new model's ``<model>.ranks`` here."""
 
-METRIC_TABLES = ["baseline_metrics", "tokenrec.metrics"]
+METRIC_TABLES = ["baseline_metrics", "autoregressive.metrics", "tokenrec.metrics"]
 """Long metrics tables concatenated into ``evaluation_metrics``; append a new model's ``<model>.metrics`` here."""
 
 
