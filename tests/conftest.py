@@ -14,6 +14,22 @@ SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+# A tiny synthetic configuration of `kedro run --pipeline=full` (real MiniLM backbone): about a minute.
+TINY = {
+    "ingestion": {"synthetic": {"n_users": 120, "n_items": 60, "n_groups": 4, "mean_history": 12.0}},
+    "cf_pretraining": {"lightgcn": {"epochs": 4, "patience": 2}, "mf": {"epochs": 4, "patience": 2}},
+    "baselines": {"sasrec": {"epochs": 2, "patience": 1, "hidden_size": 16, "max_length": 10},
+                  "bert4rec": {"epochs": 2, "patience": 1, "hidden_size": 16, "max_length": 10}},
+    "tokenizer": {"codebook_size": 8, "epochs": 3, "patience": 2, "hidden_dims": [32], "code_dim": 8},
+    "prompting": {"max_prefixes_per_user": 1, "history_length": 5},
+    "llm4rec": {"model": {"max_length": 48},
+                "training": {"epochs": 1, "batch_size": 16, "samples_per_epoch": 32, "num_threads": 1}},
+    "autoregressive": {"training": {"epochs": 1, "batch_size": 16, "samples_per_epoch": 32, "num_threads": 1},
+                       "valid_prompts": 16},
+    "evaluation": {"latency_users": 16, "latency_single_users": 2},
+}
+
+
 LAYERS = ("01_raw", "02_intermediate", "03_primary", "04_feature", "05_model_input",
           "06_models", "07_model_output", "08_reporting")
 
@@ -26,6 +42,16 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def _make_project(path: Path) -> Path:
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", path / "pyproject.toml")
+    shutil.copytree(PROJECT_ROOT / "conf" / "base", path / "conf" / "base")
+    (path / "conf" / "local").mkdir(parents=True)
+    (path / "src").mkdir()  # bootstrap_project checks it exists; the package is installed
+    for layer in LAYERS:
+        (path / "data" / layer).mkdir(parents=True)
+    return path
+
+
 @pytest.fixture
 def kedro_project(tmp_path: Path, monkeypatch) -> Path:
     """A copy of the project's conf + pyproject in ``tmp_path`` with empty data layers.
@@ -33,14 +59,27 @@ def kedro_project(tmp_path: Path, monkeypatch) -> Path:
     Runs there write their artefacts and their MLflow store (``sqlite:///mlflow.db`` is relative
     to the working directory) into ``tmp_path``, never into the real project.
     """
-    shutil.copy(PROJECT_ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    shutil.copytree(PROJECT_ROOT / "conf" / "base", tmp_path / "conf" / "base")
-    (tmp_path / "conf" / "local").mkdir(parents=True)
-    (tmp_path / "src").mkdir()  # bootstrap_project checks it exists; the package is installed
-    for layer in LAYERS:
-        (tmp_path / "data" / layer).mkdir(parents=True)
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(_make_project(tmp_path))
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_full_run(tmp_path_factory) -> Path:
+    """A throw-away project after one ``kedro run --pipeline=full`` on :data:`TINY`, shared by the tests
+    of one session (one full run instead of one per test). Read it only; change a copy
+    (:func:`tiny_full_copy`)."""
+    path = _make_project(tmp_path_factory.mktemp("tiny_full_run"))
+    run_kedro(path, ["full"], TINY)
+    return path
+
+
+@pytest.fixture
+def tiny_full_copy(tiny_full_run: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A private copy of :func:`tiny_full_run` (artefacts and MLflow store) that a test may change."""
+    target = tmp_path / "project"
+    shutil.copytree(tiny_full_run, target)
+    monkeypatch.chdir(target)
+    return target
 
 
 def run_kedro(project_path: Path, pipelines: list[str], params: dict | None = None) -> None:

@@ -9,8 +9,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.conftest import PROJECT_ROOT, run_kedro, run_kedro_cli
-from tests.pipelines.test_full_run import TINY
+from tests.conftest import PROJECT_ROOT, run_kedro_cli
 
 NOTEBOOKS = ("01_data_and_tokens.ipynb", "02_compare_quantizers.ipynb")
 
@@ -43,8 +42,8 @@ def test_notebooks_are_committed_without_outputs(name):
 
 
 @pytest.mark.slow
-def test_notebooks_run_top_to_bottom_on_a_tiny_run(kedro_project):
-    run_kedro(kedro_project, ["full"], TINY)  # quantizer mq, every artefact and the full metrics table
+def test_notebooks_run_top_to_bottom_on_a_tiny_run(tiny_full_copy):
+    kedro_project = tiny_full_copy  # after `full` with quantizer mq: every artefact, the full metrics table
     run_kedro_cli(kedro_project, "--pipelines=tokenization", "--params=tokenizer.quantizer=kmeans")  # a 2nd quantizer
     folder = kedro_project / "notebooks"
     folder.mkdir()

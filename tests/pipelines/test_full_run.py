@@ -8,26 +8,13 @@ import mlflow
 import pandas as pd
 import pytest
 
-from tests.conftest import run_kedro, run_kedro_cli
+from tests.conftest import TINY, run_kedro_cli  # noqa: F401 (TINY: imported by other tests from here)
 
-TINY = {
-    "ingestion": {"synthetic": {"n_users": 120, "n_items": 60, "n_groups": 4, "mean_history": 12.0}},
-    "cf_pretraining": {"lightgcn": {"epochs": 4, "patience": 2}, "mf": {"epochs": 4, "patience": 2}},
-    "baselines": {"sasrec": {"epochs": 2, "patience": 1, "hidden_size": 16, "max_length": 10},
-                  "bert4rec": {"epochs": 2, "patience": 1, "hidden_size": 16, "max_length": 10}},
-    "tokenizer": {"codebook_size": 8, "epochs": 3, "patience": 2, "hidden_dims": [32], "code_dim": 8},
-    "prompting": {"max_prefixes_per_user": 1, "history_length": 5},
-    "llm4rec": {"model": {"max_length": 48},
-                "training": {"epochs": 1, "batch_size": 16, "samples_per_epoch": 32, "num_threads": 1}},
-    "autoregressive": {"training": {"epochs": 1, "batch_size": 16, "samples_per_epoch": 32, "num_threads": 1},
-                       "valid_prompts": 16},
-    "evaluation": {"latency_users": 16, "latency_single_users": 2},
-}
 
 
 @pytest.mark.slow
-def test_full_pipeline_produces_every_row_and_one_mlflow_run(kedro_project):
-    run_kedro(kedro_project, ["full"], TINY)
+def test_full_pipeline_produces_every_row_and_one_mlflow_run(tiny_full_run):
+    kedro_project = tiny_full_run
 
     table = pd.read_csv(kedro_project / "data/08_reporting/evaluation_metrics.csv")
     test = table[table["split"] == "test"]
@@ -90,10 +77,10 @@ def _tree_digest(folder):
 
 
 @pytest.mark.slow
-def test_recommend_and_add_items_without_retraining(kedro_project):
+def test_recommend_and_add_items_without_retraining(tiny_full_copy):
     from tokenrec_pipeline.models.item_index import load_item_index
 
-    run_kedro(kedro_project, ["full"], TINY)
+    kedro_project = tiny_full_copy
     model_digest = _tree_digest(kedro_project / "data/06_models/llm4rec")
     item_map = pd.read_parquet(kedro_project / "data/03_primary/item_map.parquet")
     user_map = pd.read_parquet(kedro_project / "data/03_primary/user_map.parquet")

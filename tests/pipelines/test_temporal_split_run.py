@@ -5,8 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tests.conftest import run_kedro
-from tests.pipelines.test_full_run import TINY
+from tests.conftest import TINY, run_kedro
 
 
 @pytest.mark.slow
