@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -14,7 +13,13 @@ from tokenrec_pipeline.models.cf import (
     evaluate_pop,
     train_cf_from_splits,
 )
-from tokenrec_pipeline.models.evaluation import METRIC_COLUMNS, RankingResult, eval_inputs_from_splits, metrics_wide
+from tokenrec_pipeline.models.evaluation import (
+    METRIC_COLUMNS,
+    RankingResult,
+    eval_inputs_from_splits,
+    metrics_wide,
+    ranks_to_frame,
+)
 from tokenrec_pipeline.reporting import history_to_mlflow, markdown_table, metrics_table_to_mlflow
 
 logger = logging.getLogger(__name__)
@@ -46,16 +51,10 @@ def skipped_baseline_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def ranks_frame(results: dict[str, dict[str, RankingResult]], model: str) -> pd.DataFrame:
-    """Per-user expected ranks (for paired significance tests later), one row per evaluated user."""
-    frames = [
-        pd.DataFrame({"model": model, "split": split, "user_group": group, "user_id": res.users.astype(np.int64),
-                      "target_item": res.targets.astype(np.int64), "rank": res.ranks,
-                      # the exact tie counts behind `rank`, so per-user HR/NDCG follow the evaluator's tie rule
-                      "n_greater": res.n_greater, "n_tied": res.n_tied})
-        for split, groups in results.items()
-        for group, res in groups.items()
-    ]
-    return pd.concat(frames, ignore_index=True)
+    """Per-user ranks of every (split, user group), for the paired significance tests (the exact tie
+    counts behind ``rank`` included, so per-user HR/NDCG follow the evaluator's tie rule)."""
+    return pd.concat([ranks_to_frame(groups, model=model, split=split) for split, groups in results.items()],
+                     ignore_index=True)
 
 
 def train_cf_model(
