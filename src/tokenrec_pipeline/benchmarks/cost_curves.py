@@ -362,7 +362,7 @@ def summarise(records: list[dict]) -> pd.DataFrame:
         row["time exponent"] = round(growth_exponent(x, cost), 2)
         row["memory exponent"] = round(growth_exponent(x, memory), 2)
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, dtype=object).fillna("-")  # "-": a size the stage skipped
 
 
 def main() -> None:
