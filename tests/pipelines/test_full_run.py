@@ -78,7 +78,7 @@ def _tree_digest(folder):
 
 @pytest.mark.slow
 def test_recommend_and_add_items_without_retraining(tiny_full_copy):
-    from tokenrec_pipeline.models.item_index import load_item_index
+    from tokenrec_pipeline.models.item_index import load_item_index, search
 
     kedro_project = tiny_full_copy
     model_digest = _tree_digest(kedro_project / "data/06_models/llm4rec")
@@ -93,7 +93,12 @@ def test_recommend_and_add_items_without_retraining(tiny_full_copy):
     grown = pd.read_parquet(kedro_project / "data/03_primary/item_map.parquet")
     new_id = int(grown.loc[grown["original_item"] == "brand-new-item", "item_id"].item())
     assert len(grown) == len(item_map) + 1
-    assert new_id in load_item_index(kedro_project / "data/06_models/item_index.faiss").ids()
+    grown_index = load_item_index(kedro_project / "data/06_models/item_index.faiss")
+    assert new_id in grown_index.ids()
+    # recommendable at once: a query pointing at its folded-in vector gets it back first
+    new_vector = grown_index.cpu_index.reconstruct(new_id)  # IndexIDMap2: by item id
+    top_ids, _ = search(grown_index, new_vector[None, :], 1)
+    assert top_ids[0, 0] == new_id
 
     known = item_map["original_item"].head(3).tolist()
     histories = ";".join(" ".join(h) for h in (known, known + ["brand-new-item", "nope"]))
