@@ -61,7 +61,8 @@ def register_pipelines() -> dict[str, Pipeline]:
     full = bind_training_to_inference(training, recommend.create_inference_pipeline(), "recommendation_requests",
                                       MLFLOW_MODEL_NAME)
     extra = {
-        "sequential_baselines": _as_stage("sequential_baselines", sequential_baselines.create_pipeline()),
+        # the part of cf_pretraining that trains SASRec / BERT4Rec, runnable alone (same nodes, same namespace)
+        "sequential_baselines": _as_stage("cf_pretraining", sequential_baselines.create_pipeline()),
         "recommend": _as_stage("recommend", recommend.create_pipeline()),
         "add_items": _as_stage("add_items", recommend.create_add_items_pipeline()),
     }
