@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from tokenrec_pipeline.benchmarks import apply_set_overrides
+
 from tokenrec_pipeline.data.preprocess import filter_k_core, split_leave_one_out, to_implicit_feedback
 from tokenrec_pipeline.data.sources import read_sequences
 from tokenrec_pipeline.models.cf import CFConfig, evaluate_cf, evaluate_pop, train_cf_from_splits
@@ -47,11 +49,6 @@ def _default_params_file() -> Path:
     return Path(__file__).resolve().parents[3] / PARAMS_FILE
 
 
-def _coerce(value: str):
-    """'0.001' -> 0.001, '10' -> 10, 'true' -> True, else the string (YAML scalar rules)."""
-    return yaml.safe_load(value)
-
-
 def load_model_configs(args: argparse.Namespace) -> tuple[dict[str, dict], str]:
     """Per model (``mf``, ``lightgcn``) the CFConfig kwargs: YAML defaults < shared flags < ``--set``."""
     path = args.params_file or _default_params_file()
@@ -71,15 +68,7 @@ def load_model_configs(args: argparse.Namespace) -> tuple[dict[str, dict], str]:
                 cfg[key] = value
         cfg["model"] = model
         configs[model] = cfg
-    for item in args.set or []:
-        try:
-            dotted, raw = item.split("=", 1)
-            model, key = dotted.split(".", 1)
-        except ValueError:
-            sys.exit(f"error: --set {item!r} must look like 'mf.lr=0.005' or 'lightgcn.lambda_reg=1e-5'.")
-        if model not in configs or key not in CF_FIELDS:
-            sys.exit(f"error: --set {item!r}: model must be mf|lightgcn and key a CFConfig field ({', '.join(CF_FIELDS)}).")
-        configs[model][key] = _coerce(raw)
+    apply_set_overrides(configs, args.set, CF_FIELDS, "lightgcn.lr=0.005")
     for cfg in configs.values():
         if cfg.get("device") == "auto":
             cfg["device"] = None

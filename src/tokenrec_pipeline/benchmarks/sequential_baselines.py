@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from tokenrec_pipeline.benchmarks import apply_set_overrides
+
 from tokenrec_pipeline.benchmarks.cf_baselines import DATASETS as SEQUENCE_DATASETS
 from tokenrec_pipeline.benchmarks.cf_baselines import prepare as prepare_sequences
 from tokenrec_pipeline.data.preprocess import filter_k_core, split_leave_one_out, to_implicit_feedback
@@ -62,15 +64,7 @@ def load_configs(args: argparse.Namespace) -> dict[str, dict]:
     with open(path, encoding="utf-8") as handle:
         params = (yaml.safe_load(handle) or {}).get("baselines", {})
     configs = {m: {k: v for k, v in params.get(m, {}).items() if k in CONFIG_FIELDS} for m in MODELS}
-    for item in args.set or []:
-        try:
-            dotted, raw = item.split("=", 1)
-            model, key = dotted.split(".", 1)
-        except ValueError:
-            sys.exit(f"error: --set {item!r} must look like 'sasrec.max_length=20'.")
-        if model not in configs or key not in CONFIG_FIELDS:
-            sys.exit(f"error: --set {item!r}: model must be sasrec|bert4rec and key a SequentialConfig field.")
-        configs[model][key] = yaml.safe_load(raw)
+    apply_set_overrides(configs, args.set, CONFIG_FIELDS, "sasrec.max_length=20")
     for model, cfg in configs.items():
         cfg.update(model=model, seed=args.seed, show_progress=not args.no_progress, max_train_seconds=args.max_seconds)
         if cfg.get("device") == "auto":
