@@ -139,7 +139,10 @@ def sharded_validation(
             return {}
         n_greater = np.concatenate([part[0][0] for part in gathered])
         n_tied = np.concatenate([part[0][1] for part in gathered])
-        cutoffs = next(part[1] for part in gathered if part[1])
+        cutoffs = next((part[1] for part in gathered if part[1]), None)
+        if cutoffs is None:
+            raise ValueError("valid_prompts is empty: no validation prompt to select the LLM4Rec epoch on; check the "
+                             "split (e.g. preprocessing.temporal_cutoffs leave no validation window).")
         metrics = {}
         for k in cutoffs:
             metrics[f"hr@{k}"] = float(expected_hit_rate(n_greater, n_tied, k).mean())

@@ -191,6 +191,11 @@ def test_temporal_integrity_check_catches_cross_user_future_leakage():
         check_split_integrity(split, strategy="global_temporal")
     ok = split.assign(timestamp=[3, 20, 1, 5])
     check_split_integrity(ok, strategy="global_temporal")
-    after_target = pd.concat([ok, pd.DataFrame({"user_id": [0], "item_id": [4], "timestamp": [30], "split": ["train"]})])
-    with pytest.raises(PreprocessingError):
+    unseen = pd.DataFrame({"user_id": [2, 2], "item_id": [1, 4], "timestamp": [2, 25],
+                           "split": ["unseen_history", "unseen_test"]})
+    check_split_integrity(pd.concat([ok, unseen]), strategy="global_temporal")
+    # a row after the user's own test target (an unseen user's, so no global time-order check trips first)
+    after_target = pd.concat([ok, unseen, pd.DataFrame({"user_id": [2], "item_id": [5], "timestamp": [30],
+                                                        "split": ["unseen_history"]})])
+    with pytest.raises(PreprocessingError, match="after their test target"):
         check_split_integrity(after_target, strategy="global_temporal")
