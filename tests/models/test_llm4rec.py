@@ -523,3 +523,20 @@ def test_unseen_user_evaluation_never_updates_a_trained_parameter(tiny_backbones
     after = model.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+def test_softmax_loss_is_cross_entropy_over_items_without_the_history():
+    from tokenrec_pipeline.models.llm4rec import softmax_loss
+
+    torch.manual_seed(0)
+    z, items = torch.randn(2, 4), F.normalize(torch.randn(5, 4), dim=-1)
+    targets = torch.tensor([1, 3])
+    logits = F.normalize(z, dim=-1) @ items.T / 0.5
+    assert torch.allclose(softmax_loss(z, items, targets, 0.5), F.cross_entropy(logits, targets))
+    # row 0 excludes items 0 and 2 (and lists its target 1, which stays); row 1 excludes nothing (padding)
+    exclude = torch.tensor([[0, 2, 1], [-1, -1, -1]])
+    by_hand = torch.stack([
+        -torch.log_softmax(logits[0, [1, 3, 4]], 0)[0],
+        -torch.log_softmax(logits[1], 0)[3],
+    ]).mean()
+    assert torch.allclose(softmax_loss(z, items, targets, 0.5, exclude), by_hand)

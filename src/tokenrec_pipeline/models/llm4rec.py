@@ -913,6 +913,33 @@ def tokenrec_loss(
     return ((1.0 - positive_cos).sum() + (negative_cos - gamma).clamp(min=0.0).sum()) / n_pairs
 
 
+def softmax_loss(
+    z: torch.Tensor, unit_items: torch.Tensor, targets: torch.Tensor, temperature: float = 0.1,
+    exclude: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Cross-entropy of the target among *all* items, scored by cosine / temperature (an option beside the
+    paper's pairwise loss: it trains the ranking the evaluation measures, instead of regressing z onto one
+    target vector with one sampled negative).
+
+    Args:
+        z: (B, d) projected prompt representations.
+        unit_items: (I, d) L2-normalised item vectors.
+        targets: (B,) target item ids.
+        temperature: Softmax temperature on cosine scores.
+        exclude: Optional (B, h) item ids (padded with -1) left out of the softmax, e.g. the prompt's history;
+            the target is never left out.
+
+    Returns:
+        Scalar mean cross-entropy.
+    """
+    logits = F.normalize(z, dim=-1) @ unit_items.T / temperature  # (B, I)
+    if exclude is not None and exclude.numel():
+        rows = torch.arange(exclude.shape[0], device=exclude.device).unsqueeze(1).expand_as(exclude)
+        drop = (exclude >= 0) & (exclude != targets.unsqueeze(1))
+        logits = logits.index_put((rows[drop], exclude[drop]), torch.tensor(float("-inf"), device=logits.device))
+    return F.cross_entropy(logits, targets)
+
+
 def pad_histories(histories: Sequence[Sequence[int]], fill: int = -1) -> torch.Tensor:
     """List of variable-length item-id lists -> (N, max_len) long tensor padded with ``fill``."""
     width = max((len(h) for h in histories), default=0)
@@ -992,8 +1019,11 @@ class TrainConfig:
         warmup_ratio: Fraction of all steps with linearly increasing learning rate.
         lr_scheduler: transformers scheduler name after warm-up ("linear", "constant_with_warmup", "cosine").
         max_grad_norm: Gradient clipping norm (0 disables).
-        num_negatives: n sampled negatives per prompt (authors: 1).
-        gamma: Margin of the negative term (authors: 0).
+        loss: "cosine" (the paper's: 1 - cos for the target, max(0, cos - gamma) for sampled negatives) or
+            "softmax" (cross-entropy over all items on cosine / ``temperature``; see :func:`softmax_loss`).
+        temperature: Softmax temperature of the "softmax" loss.
+        num_negatives: n sampled negatives per prompt (authors: 1; "cosine" loss only).
+        gamma: Margin of the negative term (authors: 0; "cosine" loss only).
         exclude_history_from_negatives: Never sample a prompt's history items as negatives.
         samples_per_epoch: Random subset of training prompts per epoch (``None``: all), for slow CPUs; under
             DDP the subset is shared out, so each of its prompts is seen once per epoch by one process.
@@ -1017,6 +1047,8 @@ class TrainConfig:
     warmup_ratio: float = 0.05
     lr_scheduler: str = "linear"
     max_grad_norm: float = 1.0
+    loss: str = "cosine"
+    temperature: float = 0.1
     num_negatives: int = 1
     gamma: float = 0.0
     exclude_history_from_negatives: bool = True
@@ -1510,6 +1542,10 @@ def _train(
         histories = list(histories)
     if histories is not None and len(histories) != n_samples:
         raise ValueError(f"Got {len(histories)} histories for {n_samples} prompts.")
+    if config.loss not in ("cosine", "softmax"):
+        raise ValueError(f"llm4rec.training.loss must be 'cosine' or 'softmax', got {config.loss!r}.")
+    if config.loss == "softmax" and not config.temperature > 0:
+        raise ValueError(f"llm4rec.training.temperature must be > 0, got {config.temperature!r}.")
     use_history = histories is not None and config.exclude_history_from_negatives
     history_table = pad_histories(histories) if use_history else None  # type: ignore[arg-type]
     setup = prepare_training(model, config, n_samples, validate_fn, distributed)
@@ -1532,6 +1568,9 @@ def _train(
         batch = model.backbone.tokenize([prompts[i] for i in rows.tolist()])
         with _autocast(device, autocast_dtype):
             z = setup.forward_model(**batch)
+        if config.loss == "softmax":
+            exclude = history_table[rows].to(device) if history_table is not None else None
+            return softmax_loss(z.float(), unit_items, targets[rows].to(device), config.temperature, exclude)
         return tokenrec_loss(
             z.float(), unit_items[targets[rows].to(device)], unit_items[negatives[rows].to(device)], config.gamma
         )
