@@ -15,6 +15,7 @@ from tokenrec_pipeline.models.cf import (
 )
 from tokenrec_pipeline.models.evaluation import (
     METRIC_COLUMNS,
+    RANK_COLUMNS,
     RankingResult,
     eval_inputs_from_splits,
     metrics_wide,
@@ -26,8 +27,6 @@ logger = logging.getLogger(__name__)
 
 BASELINES = ("pop", "mf", "lightgcn", "sasrec", "bert4rec")
 """Names ``baselines.enabled`` may list (rows of the baseline table)."""
-
-RANKS_COLUMNS = ("model", "split", "user_group", "user_id", "target_item", "rank", "n_greater", "n_tied")
 
 
 def enabled_baselines(enabled: list[str] | str) -> list[str]:
@@ -47,7 +46,7 @@ def baseline_enabled(name: str, enabled: list[str] | str) -> bool:
 
 def skipped_baseline_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
     """The empty (metrics, ranks) tables a switched-off baseline writes, so no stale rows survive."""
-    return pd.DataFrame(columns=list(METRIC_COLUMNS)), pd.DataFrame(columns=list(RANKS_COLUMNS))
+    return pd.DataFrame(columns=list(METRIC_COLUMNS)), pd.DataFrame(columns=list(RANK_COLUMNS))
 
 
 def ranks_frame(results: dict[str, dict[str, RankingResult]], model: str) -> pd.DataFrame:
