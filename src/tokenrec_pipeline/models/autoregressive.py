@@ -61,9 +61,9 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -77,6 +77,7 @@ from tokenrec_pipeline.models.evaluation import DEFAULT_KS, RankingResult, evalu
 from tokenrec_pipeline.models.llm4rec import (
     DEFAULT_BACKBONE,
     BackboneAdapter,
+    LoopConfig,
     TrainResult,
     _autocast,
     _autocast_dtype,
@@ -87,6 +88,7 @@ from tokenrec_pipeline.models.llm4rec import (
     detect_backbone_kind,
     limit_torch_threads,
     prepare_training,
+    read_saved_config,
     resolve_backbone_path,
     resolve_device,
     run_training_loop,
@@ -1208,14 +1210,9 @@ def load_autoregressive(
         The model in eval mode.
     """
     source = Path(folder)
-    config_path = source / CONFIG_FILE
-    if not config_path.is_file():
-        raise FileNotFoundError(f"No {CONFIG_FILE} in {source}; train and save the autoregressive baseline first.")
-    saved = json.loads(config_path.read_text())
+    saved = read_saved_config(source, CONFIG_FILE, FORMAT_VERSION, "train and save the autoregressive baseline first")
     config = AutoregressiveConfig.from_dict(saved["config"])
     meta = saved["state"]
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{source} has format version {meta.get('format_version')}, expected {FORMAT_VERSION}.")
     decoder: DecoderKind = meta["decoder"]
     model, tokenizer = _load_transformer(
         str(source / BACKBONE_DIR), True, str(source / TOKENIZER_DIR), True, decoder, config.dtype
@@ -1241,46 +1238,20 @@ def load_autoregressive(
 
 
 @dataclass
-class AutoregressiveTrainConfig:
-    """Training parameters of :func:`train_autoregressive` (same meaning as llm4rec's ``TrainConfig``).
+class AutoregressiveTrainConfig(LoopConfig):
+    """Training parameters of :func:`train_autoregressive`: llm4rec's
+    :class:`~tokenrec_pipeline.models.llm4rec.LoopConfig` (same meanings; ``head_learning_rate`` is the
+    decoder head's, 1e-3 by default) plus label smoothing; without ``validate_fn`` the training loss is
+    monitored.
 
     Attributes:
-        epochs, batch_size: Maximum epochs; prompts per step.
-        learning_rate: AdamW learning rate of the backbone.
-        head_learning_rate: Learning rate of the freshly initialised decoder head (``None``: learning_rate).
-        weight_decay, warmup_ratio, lr_scheduler, max_grad_norm: As in llm4rec.
         label_smoothing: Cross-entropy label smoothing.
-        samples_per_epoch: Random subset of prompts per epoch (``None``: all).
-        mixed_precision: "auto", "bf16", "fp16" or "no" (CUDA only).
-        monitor, monitor_mode, patience, min_delta, restore_best: Early stopping on ``validate_fn``'s metric
-            (the training loss, minimised, without one).
-        seed, show_progress, num_threads: Seeding, tqdm bar, torch threads during training.
     """
 
-    epochs: int = 3
-    batch_size: int = 32
-    learning_rate: float = 1e-4
-    head_learning_rate: float | None = 1e-3
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.05
-    lr_scheduler: str = "linear"
-    max_grad_norm: float = 1.0
-    label_smoothing: float = 0.0
-    samples_per_epoch: int | None = None
-    mixed_precision: str = "auto"
-    monitor: str = "ndcg@20"
-    monitor_mode: str = "max"
-    patience: int | None = 2
-    min_delta: float = 0.0
-    restore_best: bool = True
-    seed: int = 0
-    show_progress: bool = True
-    num_threads: int | None = None
+    PARAMETERS: ClassVar[str] = "autoregressive training"
 
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> AutoregressiveTrainConfig:
-        """Build from a parameters mapping, rejecting unknown keys."""
-        return _dataclass_from_dict(cls, values, "autoregressive training")
+    head_learning_rate: float | None = 1e-3
+    label_smoothing: float = 0.0
 
 
 def train_autoregressive(

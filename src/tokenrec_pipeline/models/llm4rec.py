@@ -43,7 +43,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.distributed as dist
@@ -824,6 +824,19 @@ def build_llm4rec(
     return model
 
 
+def read_saved_config(source: Path, config_file: str, format_version: int, remedy: str) -> dict:
+    """The ``{"config": ..., "state": ...}`` JSON a ``save_pretrained`` folder holds, checked for presence
+    and format version (``remedy`` says what to do when the file is missing)."""
+    config_path = source / config_file
+    if not config_path.is_file():
+        raise FileNotFoundError(f"No {config_file} in {source}; {remedy}.")
+    saved = json.loads(config_path.read_text())
+    found = saved.get("state", {}).get("format_version")
+    if found != format_version:
+        raise ValueError(f"{source} has format version {found}, expected {format_version}.")
+    return saved
+
+
 def load_llm4rec(
     folder: str | os.PathLike[str],
     device: str | torch.device | None = None,
@@ -842,14 +855,9 @@ def load_llm4rec(
         The model in eval mode.
     """
     source = Path(folder)
-    config_path = source / CONFIG_FILE
-    if not config_path.is_file():
-        raise FileNotFoundError(f"No {CONFIG_FILE} in {source}; run the llm4rec pipeline first.")
-    saved = json.loads(config_path.read_text())
+    saved = read_saved_config(source, CONFIG_FILE, FORMAT_VERSION, "run the llm4rec pipeline first")
     config = LLM4RecConfig.from_dict(saved["config"])
     state = saved["state"]
-    if state.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{source} has format version {state.get('format_version')}, expected {FORMAT_VERSION}.")
     tokenizer = AutoTokenizer.from_pretrained(source / TOKENIZER_DIR, local_files_only=True)
     torch_dtype = _torch_dtype(config.dtype)
     if state["lora"]:
@@ -1006,25 +1014,20 @@ def sample_negatives(
 
 
 @dataclass
-class TrainConfig:
-    """Training parameters of :func:`train_llm4rec`.
+class LoopConfig:
+    """The parameters :func:`run_training_loop` reads, shared by :class:`TrainConfig` and the autoregressive
+    baseline's ``AutoregressiveTrainConfig``.
 
     Attributes:
         epochs: Maximum number of epochs.
         batch_size: Prompts per optimisation step, over all processes: under DDP each of the W processes
             takes ``batch_size / W`` of them (so a run gives the same model whatever W is).
         learning_rate: AdamW learning rate of the backbone (and head unless ``head_learning_rate``).
-        head_learning_rate: Separate learning rate for the freshly initialised projection head.
+        head_learning_rate: Separate learning rate for the freshly initialised head (``None``: learning_rate).
         weight_decay: AdamW decoupled weight decay (not applied to biases and norm weights).
         warmup_ratio: Fraction of all steps with linearly increasing learning rate.
         lr_scheduler: transformers scheduler name after warm-up ("linear", "constant_with_warmup", "cosine").
         max_grad_norm: Gradient clipping norm (0 disables).
-        loss: "cosine" (the paper's: 1 - cos for the target, max(0, cos - gamma) for sampled negatives) or
-            "softmax" (cross-entropy over all items on cosine / ``temperature``; see :func:`softmax_loss`).
-        temperature: Softmax temperature of the "softmax" loss.
-        num_negatives: n sampled negatives per prompt (authors: 1; "cosine" loss only).
-        gamma: Margin of the negative term (authors: 0; "cosine" loss only).
-        exclude_history_from_negatives: Never sample a prompt's history items as negatives.
         samples_per_epoch: Random subset of training prompts per epoch (``None``: all), for slow CPUs; under
             DDP the subset is shared out, so each of its prompts is seen once per epoch by one process.
         mixed_precision: "auto" (bf16 if supported, else fp16; CUDA only), "bf16", "fp16" or "no".
@@ -1039,6 +1042,8 @@ class TrainConfig:
             shared with other processes, 1 thread is often several times faster than oversubscribing.
     """
 
+    PARAMETERS: ClassVar[str] = "training"  # how error messages name the parameter block
+
     epochs: int = 3
     batch_size: int = 32
     learning_rate: float = 1e-4
@@ -1047,11 +1052,6 @@ class TrainConfig:
     warmup_ratio: float = 0.05
     lr_scheduler: str = "linear"
     max_grad_norm: float = 1.0
-    loss: str = "cosine"
-    temperature: float = 0.1
-    num_negatives: int = 1
-    gamma: float = 0.0
-    exclude_history_from_negatives: bool = True
     samples_per_epoch: int | None = None
     mixed_precision: str = "auto"
     monitor: str = "ndcg@20"
@@ -1064,9 +1064,32 @@ class TrainConfig:
     num_threads: int | None = None
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+    def from_dict(cls, values: Mapping[str, Any]) -> Any:
         """Build from a parameters mapping, rejecting unknown keys."""
-        return _dataclass_from_dict(cls, values, "llm4rec training")
+        return _dataclass_from_dict(cls, values, cls.PARAMETERS)
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    """Training parameters of :func:`train_llm4rec`: :class:`LoopConfig` plus the TokenRec objective.
+
+    Attributes:
+        loss: "cosine" (the paper's: 1 - cos for the target, max(0, cos - gamma) for sampled negatives) or
+            "softmax" (cross-entropy over all items on cosine / ``temperature``; see :func:`softmax_loss`).
+        temperature: Softmax temperature of the "softmax" loss.
+        num_negatives: n sampled negatives per prompt (authors: 1; "cosine" loss only).
+        gamma: Margin of the negative term (authors: 0; "cosine" loss only).
+        exclude_history_from_negatives: Never sample a prompt's history items as negatives (nor put them in
+            the softmax).
+    """
+
+    PARAMETERS: ClassVar[str] = "llm4rec training"
+
+    loss: str = "cosine"
+    temperature: float = 0.1
+    num_negatives: int = 1
+    gamma: float = 0.0
+    exclude_history_from_negatives: bool = True
 
 
 @dataclass
@@ -1194,29 +1217,6 @@ def check_global_batch(batch_size: int, world_size: int) -> None:
             f"llm4rec training batch_size {batch_size} is the global batch and must divide by the "
             f"{world_size} processes (nproc_per_node x nnodes)."
         )
-
-
-class LoopConfig(Protocol):
-    """The training parameters :func:`run_training_loop` reads (:class:`TrainConfig` and the autoregressive
-    baseline's ``AutoregressiveTrainConfig`` both provide them; meanings as documented on :class:`TrainConfig`)."""
-
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    head_learning_rate: float | None
-    weight_decay: float
-    warmup_ratio: float
-    lr_scheduler: str
-    max_grad_norm: float
-    samples_per_epoch: int | None
-    mixed_precision: str
-    monitor: str
-    monitor_mode: str
-    patience: int | None
-    min_delta: float
-    restore_best: bool
-    seed: int
-    show_progress: bool
 
 
 def _parameter_groups(model: nn.Module, config: LoopConfig) -> list[dict[str, Any]]:
