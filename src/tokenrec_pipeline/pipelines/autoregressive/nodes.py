@@ -28,6 +28,7 @@ from tokenrec_pipeline.models.autoregressive import (
 from tokenrec_pipeline.models.evaluation import METRIC_COLUMNS, RANK_COLUMNS, metrics_to_frame, ranks_to_frame
 from tokenrec_pipeline.models.tokenizers import FittedTokenizer
 from tokenrec_pipeline.models.tokenrec import id_token_vocabularies
+from tokenrec_pipeline.pipelines.cf_pretraining.nodes import baseline_enabled
 from tokenrec_pipeline.reporting import history_to_mlflow
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def train_autoregressive_model(
     tokenizer: dict,
     llm4rec: dict,
     autoregressive: dict,
+    enabled: list[str] | str,
     seed: int,
 ) -> tuple[AutoregressiveRecommender | SkippedModel, pd.DataFrame, dict]:
     """Teacher-forced training of the item-token generator; epoch chosen by validation NDCG@20 of
@@ -76,10 +78,11 @@ def train_autoregressive_model(
 
     Returns:
         (autoregressive_model, autoregressive_training_history, autoregressive_training_curves); the
-        model is a ``SkippedModel`` (saved as an explicit marker) when ``autoregressive.enabled`` is false.
+        model is a ``SkippedModel`` (saved as an explicit marker) when ``autoregressive`` is not in
+        ``baselines.enabled``.
     """
-    if not autoregressive.get("enabled", True):
-        logger.info("Autoregressive baseline switched off (autoregressive.enabled=false).")
+    if not baseline_enabled("autoregressive", enabled):
+        logger.info("Autoregressive baseline switched off (not in baselines.enabled).")
         return SkippedModel(), pd.DataFrame(), {}
     codes = item_code_table(item_tokens)
     vocab = id_token_vocabularies(user_tokenizer, item_tokenizer, tokenizer["user"]["token_prefix"],

@@ -9,7 +9,7 @@ def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline([
         Node(train_autoregressive_model,
              ["train_prompts", "valid_prompts", "item.tokens", "user.tokenizer", "item.tokenizer", "params:tokenizer",
-              "params:llm4rec", "params:autoregressive", "params:seed"],
+              "params:llm4rec", "params:autoregressive", "params:baselines.enabled", "params:seed"],
              ["autoregressive_model", "autoregressive_training_history", "autoregressive_training_curves"],
              name="train_autoregressive_model"),
         Node(evaluate_autoregressive_model,
