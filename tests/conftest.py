@@ -102,3 +102,13 @@ def run_kedro_cli(project_path: Path, *args: str) -> None:
     result = subprocess.run([sys.executable, "-m", "kedro", "run", *args], cwd=project_path,
                             capture_output=True, text=True, env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def tree_digest(folder: Path) -> str:
+    """SHA-256 over the names and bytes of every file below ``folder`` (to prove a model folder unchanged)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()

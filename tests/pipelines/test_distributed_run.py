@@ -12,8 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import TINY, run_kedro
-from tests.pipelines.test_full_run import _tree_digest
+from tests.conftest import TINY, run_kedro, tree_digest
 
 
 def _distributed_tiny() -> dict:
@@ -50,7 +49,7 @@ def test_distributed_full_run_then_a_failing_worker_leaves_the_model_intact(kedr
     # A corrupt validation row that only rank 1 reads: the llm4rec run fails with rank 1's error and the
     # catalog's model is the one from the successful run, byte for byte.
     model_folder = kedro_project / "data/06_models/llm4rec"
-    digest = _tree_digest(model_folder)
+    digest = tree_digest(model_folder)
     valid_path = kedro_project / "data/05_model_input/prompts/valid_prompts.parquet"
     valid = pd.read_parquet(valid_path)
     histories = list(valid["history"])
@@ -62,4 +61,4 @@ def test_distributed_full_run_then_a_failing_worker_leaves_the_model_intact(kedr
     assert result.returncode != 0
     output = " ".join((result.stdout + result.stderr).split())  # rich wraps long lines
     assert "failed on rank 1: ValueError: history item ids must be >= 0" in output
-    assert _tree_digest(model_folder) == digest
+    assert tree_digest(model_folder) == digest

@@ -8,7 +8,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from tests.conftest import TINY, run_kedro_cli  # noqa: F401 (TINY: imported by other tests from here)
+from tests.conftest import run_kedro_cli, tree_digest
 
 
 
@@ -67,21 +67,12 @@ def test_full_pipeline_produces_every_row_and_one_mlflow_run(tiny_full_run):
     assert not recs.loc[recs["request_id"] == f"user:{seen_user}", "item_id"].isin(seen_history).any()
 
 
-def _tree_digest(folder):
-    import hashlib
-
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()
-
-
 @pytest.mark.slow
 def test_recommend_and_add_items_without_retraining(tiny_full_copy):
     from tokenrec_pipeline.models.item_index import load_item_index, search
 
     kedro_project = tiny_full_copy
-    model_digest = _tree_digest(kedro_project / "data/06_models/llm4rec")
+    model_digest = tree_digest(kedro_project / "data/06_models/llm4rec")
     item_map = pd.read_parquet(kedro_project / "data/03_primary/item_map.parquet")
     user_map = pd.read_parquet(kedro_project / "data/03_primary/user_map.parquet")
     seen_users = user_map.loc[user_map["user_group"] == "seen", "original_user"].head(5).tolist()
@@ -111,4 +102,4 @@ def test_recommend_and_add_items_without_retraining(tiny_full_copy):
     assert recs["item"].isin(grown["original_item"]).all()  # never an item outside the catalogue
     for request, history in (("history:0", known), ("history:1", known + ["brand-new-item"])):
         assert not recs.loc[recs["request_id"] == request, "item"].isin(history).any()
-    assert _tree_digest(kedro_project / "data/06_models/llm4rec") == model_digest  # no model file changed
+    assert tree_digest(kedro_project / "data/06_models/llm4rec") == model_digest  # no model file changed
