@@ -347,3 +347,33 @@ def test_configuration_errors(tiny_backbones: dict[str, str]) -> None:
         model.generate(["x"], CodeTrie(np.zeros((2, 3), dtype=int), L), mode="sampling")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="item_codes"):
         train_autoregressive(model, ["x"], [0], np.zeros((2, 2), dtype=int))
+
+
+def test_transformers_generate_with_the_trie_emits_only_real_items(tiny_backbones: dict[str, str]) -> None:
+    """The inference-speed benchmark's P5 row: transformers' generate constrained by the same trie."""
+    from tokenrec_pipeline.benchmarks.inference_speed import TrieTokenConstraint, transformers_beam_search
+
+    model = _build(tiny_backbones["t5"])
+    codes = _catalogue()
+    trie = CodeTrie(codes, L)
+    constraint = TrieTokenConstraint(model, trie)
+    # The callback: the first codebook's codes in use, then the children of a real prefix, EOS after K codes.
+    start = model.backbone.decoder_start_token_id()
+    first = constraint(0, torch.tensor([start]))
+    assert sorted(first) == sorted(model.code_token_ids[0][np.unique(codes[:, 0])].tolist())
+    a, b, c = (int(model.code_token_ids[k][codes[0, k]]) for k in range(K))
+    assert c in constraint(0, torch.tensor([start, a, b]))
+    assert constraint(0, torch.tensor([start, a, b, c])) == [constraint.eos]
+
+    leaves = transformers_beam_search(model, constraint, _prompts(codes), beam=5, batch_size=4)
+    assert leaves.shape == (6, 5) and (leaves >= 0).all()
+    assert all(len(set(row.tolist())) == 5 for row in leaves)  # distinct tuples per prompt
+    # As wide as the catalogue's tuples, the beams are exactly the tuples, like our own constrained search.
+    wide = transformers_beam_search(model, constraint, _prompts(codes, 2), beam=trie.n_tuples, batch_size=2)
+    assert all(sorted(row.tolist()) == list(range(trie.n_tuples)) for row in wide)
+    # Its best beam is the greedy constrained choice of our own decoder (same model, same constraint).
+    ours = model.generate(_prompts(codes), trie, beam_size=1, mode="constrained", batch_size=4)
+    greedy = transformers_beam_search(model, constraint, _prompts(codes), beam=1, batch_size=4)
+    assert (greedy[:, 0] == ours.leaves[:, 0]).all()
+    with pytest.raises(ValueError, match="encoder-decoder"):
+        TrieTokenConstraint(_build(tiny_backbones["bert"]), trie)

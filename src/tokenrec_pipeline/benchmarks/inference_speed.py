@@ -11,6 +11,10 @@ the history excluded.
 * Generation: the same backbone with the autoregressive item-code decoder of
   :mod:`tokenrec_pipeline.models.autoregressive`; constrained beam search over the K code steps, the beams
   mapped to items.
+* With an encoder-decoder backbone also "P5's decoding": ``transformers``' own ``generate(num_beams=W,
+  prefix_allowed_tokens_fn=...)`` over the same model and trie, the way P5 and its successors decode (a
+  Python callback per beam and step, full-vocabulary log-softmax). Same model, same K steps, same beams: the
+  difference between the two beam-search rows is the decoding implementation, not the model.
 
 Each is timed at batch 64 and at batch 1 (one request per user), all in one process, round-robin over
 repetitions after a warm-up, and reported as the median: ratios are meaningful on a noisy shared machine
@@ -37,9 +41,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from tokenrec_pipeline.models.autoregressive import (
     AutoregressiveConfig,
+    AutoregressiveRecommender,
     CodeTrie,
     build_autoregressive,
     ranked_items,
@@ -114,6 +120,95 @@ def _timed(fn: Callable[[], object], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
+
+
+class TrieTokenConstraint:
+    """P5's constraint for ``transformers``' ``generate``: the item-code tokens a prefix trie allows next.
+
+    Built once per model and catalogue (outside any timing); its answers are memoised per decoded prefix, as
+    P5's dictionary trie answers them.
+
+    Args:
+        model: An autoregressive recommender whose decoder is the backbone's own (encoder-decoder, e.g. T5).
+        trie: The item code trie (any device; the callback uses a CPU copy).
+    """
+
+    def __init__(self, model: AutoregressiveRecommender, trie: CodeTrie) -> None:
+        if model.decoder_kind != "backbone":
+            raise ValueError("transformers' generate needs the backbone's own decoder (an encoder-decoder model).")
+        self.n_codebooks = trie.n_codebooks
+        self.code_token_ids = model.code_token_ids.cpu()  # (K, L)
+        self.code_of_token = [
+            {int(t): c for c, t in enumerate(self.code_token_ids[k].tolist())} for k in range(self.n_codebooks)
+        ]
+        eos = model.backbone.model.generation_config.eos_token_id
+        self.eos = int(eos[0] if isinstance(eos, list) else eos if eos is not None else model.tokenizer.sep_token_id)
+        items = torch.arange(trie.n_items, device=trie.device)
+        self.trie = CodeTrie(trie.codes_of_items(items).cpu(), trie.codebook_size)
+        self._allowed: dict[tuple[int, ...], list[int]] = {}
+        self._node: dict[tuple[int, ...], int] = {(): 0}
+
+    def _node_of(self, prefix: tuple[int, ...]) -> int:
+        if prefix not in self._node:
+            parent = self._node_of(prefix[:-1])
+            child = -1 if parent < 0 else self.trie.children(len(prefix) - 1, torch.tensor([parent]))[0, prefix[-1]]
+            self._node[prefix] = int(child)
+        return self._node[prefix]
+
+    def allowed_after(self, prefix: tuple[int, ...]) -> list[int]:
+        """Vocabulary ids allowed after the codes ``prefix``: the next codebook's real children, else EOS."""
+        if prefix not in self._allowed:
+            level, node = len(prefix), self._node_of(prefix)
+            if level == self.n_codebooks or node < 0:
+                self._allowed[prefix] = [self.eos]
+            else:
+                children = self.trie.children(level, torch.tensor([node]))[0]
+                self._allowed[prefix] = self.code_token_ids[level][children >= 0].tolist()
+        return self._allowed[prefix]
+
+    def __call__(self, _batch_id: int, decoded: Tensor) -> list[int]:
+        """``prefix_allowed_tokens_fn``: ``decoded`` is one beam's decoder ids, the start token first."""
+        tokens = decoded.tolist()[1 : 1 + self.n_codebooks]
+        codes = tuple(self.code_of_token[k].get(t, -1) for k, t in enumerate(tokens))
+        return [self.eos] if -1 in codes else self.allowed_after(codes)
+
+    def leaves(self, sequences: Tensor) -> Tensor:
+        """(N, S) generated decoder ids -> (N,) leaf (tuple) ids, -1 for a sequence that is no item."""
+        generated = sequences[:, 1 : 1 + self.n_codebooks].cpu()
+        if generated.shape[1] < self.n_codebooks:
+            return torch.full((generated.shape[0],), -1, dtype=torch.long)
+        codes = torch.tensor(
+            [[self.code_of_token[k].get(int(t), -1) for k, t in enumerate(row)] for row in generated.tolist()],
+            dtype=torch.long,
+        )
+        return self.trie.lookup(codes)
+
+
+def transformers_beam_search(
+    model: AutoregressiveRecommender, constraint: TrieTokenConstraint, prompts: list[str], beam: int, batch_size: int
+) -> np.ndarray:
+    """P5's decoding: ``transformers``' ``generate`` with beam search constrained by a prefix trie.
+
+    Args:
+        model: The autoregressive recommender ``constraint`` was built for.
+        constraint: :class:`TrieTokenConstraint` of the model and catalogue.
+        prompts: N prompts.
+        beam: W, beams kept and tuples returned per prompt.
+        batch_size: Prompts per ``generate`` call.
+
+    Returns:
+        (N, W) int64 leaf (tuple) ids, best first; -1 only where ``generate`` found fewer real tuples than W.
+    """
+    leaves = []
+    for start in range(0, len(prompts), batch_size):
+        batch = model.backbone.tokenize(prompts[start : start + batch_size])
+        sequences = model.backbone.model.generate(
+            **batch, num_beams=beam, num_return_sequences=beam, max_new_tokens=constraint.n_codebooks + 1,
+            do_sample=False, prefix_allowed_tokens_fn=constraint, eos_token_id=constraint.eos,
+            decoder_start_token_id=model.backbone.decoder_start_token_id(), pad_token_id=model.tokenizer.pad_token_id,
+        )
+        leaves.append(constraint.leaves(sequences).view(-1, beam).numpy())
+    return np.concatenate(leaves, axis=0).astype(np.int64)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -195,6 +290,7 @@ def _run(args: argparse.Namespace, device: torch.device) -> None:
         device=device,
     ).eval()
     trie = CodeTrie(item_codes, codebook_size).to(device)
+    p5_constraint = TrieTokenConstraint(generator_model, trie) if generator_model.decoder_kind == "backbone" else None
     n_tokens = [len(t) for t in llm4rec.tokenizer(prompts[:32])["input_ids"]]
     build_seconds = time.perf_counter() - started
 
@@ -211,27 +307,30 @@ def _run(args: argparse.Namespace, device: torch.device) -> None:
         )
         return ranked_items(output, trie, top_k)
 
+    def hf_generate(batch_prompts: list[str], batch_histories: list[list[int]], beam: int, batch_size: int) -> object:
+        # P5 decodes W beams and drops history items afterwards; the timed work is the decoding.
+        assert p5_constraint is not None
+        return transformers_beam_search(generator_model, p5_constraint, batch_prompts, beam, batch_size)
+
     def one_by_one(fn: Callable[..., object], *extra: int) -> Callable[[], object]:
         return lambda: [fn([p], [h], *extra) for p, h in zip(single_prompts, single_histories, strict=True)]
 
     warm_n = min(bs, args.users)
-    methods = [
-        Method(f"TokenRec: encode + faiss top-{top_k}", bs, args.users,
-               lambda: retrieve(batched_prompts, batched_histories, bs),
-               lambda: retrieve(batched_prompts[:warm_n], batched_histories[:warm_n], bs), []),
-        Method(f"TokenRec: encode + faiss top-{top_k}", 1, args.single_users, one_by_one(retrieve, 1),
-               lambda: retrieve(single_prompts[:1], single_histories[:1], 1), []),
-    ]
+
+    def timed_pair(name: str, fn: Callable[..., object], *extra: int) -> list[Method]:
+        """``fn`` at batch ``bs`` over the batched users, and one request at a time over the single users."""
+        return [
+            Method(name, bs, args.users, lambda: fn(batched_prompts, batched_histories, *extra, bs),
+                   lambda: fn(batched_prompts[:warm_n], batched_histories[:warm_n], *extra, bs), []),
+            Method(name, 1, args.single_users, one_by_one(fn, *extra, 1),
+                   lambda: fn(single_prompts[:1], single_histories[:1], *extra, 1), []),
+        ]
+
+    methods = timed_pair(f"TokenRec: encode + faiss top-{top_k}", retrieve)
     for beam in args.beams:
-        methods.append(Method(
-            f"beam search W={beam}, constrained", bs, args.users,
-            lambda beam=beam: generate(batched_prompts, batched_histories, beam, bs),
-            lambda beam=beam: generate(batched_prompts[:warm_n], batched_histories[:warm_n], beam, bs), [],
-        ))
-        methods.append(Method(
-            f"beam search W={beam}, constrained", 1, args.single_users, one_by_one(generate, beam, 1),
-            lambda beam=beam: generate(single_prompts[:1], single_histories[:1], beam, 1), [],
-        ))
+        methods += timed_pair(f"beam search W={beam}, constrained", generate, beam)
+        if p5_constraint is not None:
+            methods += timed_pair(f"transformers generate W={beam} (P5)", hf_generate, beam)
     methods = [m for m in methods if m.n_users > 0]
 
     print("warming up ...", flush=True)
@@ -284,8 +383,15 @@ def _run(args: argparse.Namespace, device: torch.device) -> None:
                     f"batch {batch}: {ms_per_user(method) / reference[batch]:.1f}x "
                     f"({reference[batch]:.1f} vs {ms_per_user(method):.1f} ms/user)"
                 )
+    p5_parts = [
+        f"batch {m.batch}: {ms_per_user(m) / reference[m.batch]:.1f}x"
+        for m in methods
+        if m.name.startswith("transformers") and f"W={max(args.beams)} " in m.name and m.batch in reference
+    ]
     print(f"SUMMARY: TokenRec retrieval vs constrained beam-{max(args.beams)} generation on {device}: "
-          + "; ".join(parts) + " (speed-up = generation time / retrieval time)")
+          + "; ".join(parts)
+          + (f"; vs transformers generate (P5's decoding): {'; '.join(p5_parts)}" if p5_parts else "")
+          + " (speed-up = generation time / retrieval time)")
 
 
 if __name__ == "__main__":
