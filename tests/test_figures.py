@@ -17,7 +17,11 @@ from tokenrec_pipeline.figures import (
     tokenizer_diagnostics_figure,
     training_curves_figure,
 )
-from tokenrec_pipeline.pipelines.reporting.nodes import plot_items_by_popularity, plot_metrics_by_model
+from tokenrec_pipeline.pipelines.reporting.nodes import (
+    plot_items_by_popularity,
+    plot_metrics_by_model,
+    plot_training_curves,
+)
 
 METRICS = ["HR@10", "HR@20", "HR@30", "NDCG@10", "NDCG@20", "NDCG@30"]
 REPORTING = {"metrics_split": "test", "metrics": METRICS, "curve_metric": "NDCG@20", "max_legend_tokens": 2}
@@ -109,6 +113,23 @@ def test_training_curves_name_the_table_that_is_empty_or_lacks_the_metric():
     with pytest.raises(MissingTableError):
         training_curves_figure({})
 
+
+
+def test_training_curves_node_leaves_out_a_switched_off_cf_model_only():
+    """baselines.enabled without mf: MF was not trained (empty history), so it has no curve and no error;
+    a model that was trained (in the list, or the tokenizers' cf_pretraining.model) must have its history."""
+    empty = _history("valid_NDCG@20").iloc[:0]
+    reporting = {"curve_metric": "NDCG@20"}
+    fig = plot_training_curves(_history("valid_NDCG@20"), empty, _history("ndcg@20", 2), ["pop", "lightgcn"],
+                               "lightgcn", reporting)
+    assert [t.name for t in fig.data if t.showlegend is not False] == ["lightgcn", "llm4rec"]
+    # LightGCN off the list but feeding the tokenizers: still trained, still drawn.
+    fig = plot_training_curves(_history("valid_NDCG@20"), empty, _history("ndcg@20", 2), ["pop"], "lightgcn",
+                               reporting)
+    assert [t.name for t in fig.data if t.showlegend is not False] == ["lightgcn", "llm4rec"]
+    with pytest.raises(MissingTableError, match="mf.training_history"):
+        plot_training_curves(_history("valid_NDCG@20"), empty, _history("ndcg@20", 2), ["pop", "lightgcn", "mf"],
+                             "lightgcn", reporting)
 
 def test_pca_2d_finds_the_directions_of_largest_variance():
     rng = np.random.default_rng(0)

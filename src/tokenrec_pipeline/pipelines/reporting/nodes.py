@@ -16,6 +16,7 @@ from tokenrec_pipeline.figures import (
     tokenizer_diagnostics_figure,
     training_curves_figure,
 )
+from tokenrec_pipeline.pipelines.cf_pretraining.nodes import baseline_enabled
 
 
 def plot_metrics_by_model(evaluation_metrics: pd.DataFrame, reporting: dict) -> go.Figure:
@@ -50,8 +51,15 @@ def plot_items_by_popularity(cf_embeddings: dict, item_map: pd.DataFrame) -> plt
 
 
 def plot_training_curves(lightgcn_history: pd.DataFrame, mf_history: pd.DataFrame,
-                         llm4rec_history: pd.DataFrame, reporting: dict) -> go.Figure:
-    """Loss and validation NDCG@20 per epoch of LightGCN, MF and the language model."""
-    return training_curves_figure({"lightgcn.training_history": lightgcn_history, "mf.training_history": mf_history,
-                                   "llm4rec_training_history": llm4rec_history},
-                                  metric=reporting["curve_metric"])
+                         llm4rec_history: pd.DataFrame, enabled: list[str] | str, cf_model: str,
+                         reporting: dict) -> go.Figure:
+    """Loss and validation NDCG@20 per epoch of LightGCN, MF and the language model.
+
+    A CF model that was switched off (neither in ``baselines.enabled`` nor ``cf_pretraining.model``) was not
+    trained and has no curve; every model that was trained must have its history, else the error names it.
+    """
+    cf_histories = {"lightgcn": lightgcn_history, "mf": mf_history}
+    histories = {f"{name}.training_history": history for name, history in cf_histories.items()
+                 if name == cf_model or baseline_enabled(name, enabled)}
+    histories["llm4rec_training_history"] = llm4rec_history
+    return training_curves_figure(histories, metric=reporting["curve_metric"])

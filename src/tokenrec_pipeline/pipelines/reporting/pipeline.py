@@ -25,7 +25,10 @@ def create_pipeline(**kwargs) -> Pipeline:
         Node(plot_items_by_popularity, ["cf_embeddings", "item_map"], "items_by_popularity",
              name="plot_items_by_popularity"),
         Node(plot_training_curves, ["lightgcn.training_history", "mf.training_history", "llm4rec_training_history",
-                                    "params:reporting"], "training_curves", name="plot_training_curves"),
+                                    "params:baselines.enabled", "params:cf_pretraining.model", "params:reporting"],
+             "training_curves", name="plot_training_curves"),
     ])
     return Pipeline(figures, namespace="reporting", inputs=INPUTS,
-                    parameters={"params:reporting": "params:reporting"})
+                    parameters={"params:reporting": "params:reporting",
+                                "params:baselines.enabled": "params:baselines.enabled",
+                                "params:cf_pretraining.model": "params:cf_pretraining.model"})
