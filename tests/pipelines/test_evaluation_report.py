@@ -11,6 +11,7 @@ from tokenrec_pipeline.paper_reference import load_paper_reference
 from tokenrec_pipeline.pipelines.evaluation.nodes import compare_with_reference, report_evaluation
 
 SETTINGS = {"significance": {"n_resamples": 200, "reference_model": "tokenrec"}}
+ALL_BASELINES = ["pop", "mf", "lightgcn", "sasrec", "bert4rec", "autoregressive"]
 
 
 def _model(name: str, n_greater: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -39,7 +40,7 @@ def latency():
 
 def test_significance_covers_every_ranks_table_given(models):
     empty = pd.DataFrame(columns=["model", "split", "user_group", "user_id", "target_item", "rank"])  # switched off
-    table = compare_with_reference(SETTINGS, 0, *(ranks for ranks, _ in models.values()), empty)
+    table = compare_with_reference(SETTINGS, 0, ALL_BASELINES, *(ranks for ranks, _ in models.values()), empty)
     assert set(table["model"]) == set(models)
     ndcg = table[table["metric"] == "NDCG@20"].set_index("model")
     assert ndcg.loc["lightgcn", "value"] == pytest.approx(
@@ -47,8 +48,18 @@ def test_significance_covers_every_ranks_table_given(models):
     assert ndcg.loc["lightgcn", "mean_diff"] < 0 and 0 <= ndcg.loc["lightgcn", "p_wilcoxon"] < 0.05
 
 
+
+def test_significance_leaves_out_switched_off_baselines_even_when_trained(models):
+    """LightGCN off the list but trained for the tokenizers (ranks not empty): no row, like the metrics table."""
+    ranks = [ranks for ranks, _ in models.values()]
+    variant = models["autoregressive"][0].assign(model="autoregressive (constrained)")
+    table = compare_with_reference(SETTINGS, 0, "pop mf", *ranks, variant)
+    assert set(table["model"]) == {"tokenrec"}
+    table = compare_with_reference(SETTINGS, 0, ["autoregressive"], *ranks, variant)
+    assert set(table["model"]) == {"tokenrec", "autoregressive", "autoregressive (constrained)"}
+
 def test_report_has_significance_and_paper_columns_only_for_paper_datasets(models, latency):
-    significance = compare_with_reference(SETTINGS, 0, *(ranks for ranks, _ in models.values()))
+    significance = compare_with_reference(SETTINGS, 0, ALL_BASELINES, *(ranks for ranks, _ in models.values()))
     metric_tables = [long for _, long in models.values()]
     long, markdown, mlflow_metrics, _ = report_evaluation(latency, significance, load_paper_reference(), "lastfm",
                                                           *metric_tables)

@@ -19,6 +19,7 @@ from tokenrec_pipeline.models.llm4rec import LLM4Rec  # noqa: E402
 from tokenrec_pipeline.models.significance import SIGNIFICANCE_COLUMNS, significance_table  # noqa: E402
 from tokenrec_pipeline.models.tokenrec import evaluate_prompt_variants, item_vectors_from_index, time_retrieval  # noqa: E402
 from tokenrec_pipeline.paper_reference import paper_beside, paper_rows  # noqa: E402
+from tokenrec_pipeline.pipelines.cf_pretraining.nodes import BASELINES, enabled_baselines  # noqa: E402
 from tokenrec_pipeline.reporting import markdown_table, metrics_table_to_mlflow, mlflow_name  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -79,15 +80,19 @@ def _bar_chart(wide: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def compare_with_reference(evaluation: dict, seed: int, *ranks_tables: pd.DataFrame) -> pd.DataFrame:
+def compare_with_reference(evaluation: dict, seed: int, enabled: list[str] | str,
+                           *ranks_tables: pd.DataFrame) -> pd.DataFrame:
     """Bootstrap intervals of every compared model's HR@20 / NDCG@20 and paired tests of its
     per-user NDCG@20 against the reference model (TokenRec) on the users both were evaluated on.
 
-    ``ranks_tables``: the per-user ranks of every compared model (any number; empty tables from
-    switched-off baselines are skipped). Settings: ``evaluation.significance``.
+    ``ranks_tables``: the per-user ranks of every compared model (any number). Baselines switched off in
+    ``baselines.enabled`` are left out, like their metric rows -- also the CF model that was trained only
+    because the tokenizers need it (its ranks table is not empty). Settings: ``evaluation.significance``.
     """
     config = evaluation.get("significance", {})
-    tables = [table for table in ranks_tables if len(table)]
+    switched_off = set(BASELINES) - set(enabled_baselines(enabled))
+    tables = [table for table in ranks_tables
+              if len(table) and not set(table["model"].str.split(" (", regex=False).str[0]) & switched_off]
     if not tables:
         return pd.DataFrame(columns=list(SIGNIFICANCE_COLUMNS))
     table = significance_table(

@@ -19,7 +19,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         Node(measure_inference_latency,
              ["llm4rec_model", "item_index", "test_prompts", "cf_embeddings", "params:evaluation"],
              "inference_latency", name="measure_inference_latency"),
-        Node(compare_with_reference, ["params:evaluation", "params:seed", *COMPARED_RANKS],
+        Node(compare_with_reference, ["params:evaluation", "params:seed", "params:baselines.enabled", *COMPARED_RANKS],
              "evaluation_significance", name="compare_with_reference"),
         Node(report_evaluation,
              ["inference_latency", "evaluation_significance", "paper_reference", "params:dataset", *METRIC_TABLES],
