@@ -47,9 +47,6 @@ STAGES = ("data", "lightgcn_epoch", "lightgcn_step", "tokenizer_fit", "prompts",
 # What each stage's curve is fitted on (a record key) and its unit; the rest use the stage's wall time.
 COST = {"llm4rec_step": ("seconds_per_step", "s/step"), "llm4rec_inference": ("ms_per_user", "ms/user"),
         "index_query": ("ms_per_query", "ms/query")}
-# The language model's cost does not depend on the log size (only the catalogue enters, via the index):
-# it is measured at the smallest and largest size only.
-ENDPOINTS_ONLY = ("llm4rec_step", "llm4rec_inference")
 RESULT_MARK = "COST_CURVE_RESULT "
 CONF = Path("conf/base")
 TOKENIZER_EPOCHS = 5
@@ -388,8 +385,6 @@ def main() -> None:
     records = []
     for target in args.sizes:
         for stage in args.stages:
-            if stage in ENDPOINTS_ONLY and target not in (min(args.sizes), max(args.sizes)):
-                continue
             if stage == "lightgcn_epoch" and target > args.epoch_max_size:
                 continue
             record = measure(stage, target, args.threads, args.timeout)
