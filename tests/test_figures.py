@@ -114,7 +114,6 @@ def test_training_curves_name_the_table_that_is_empty_or_lacks_the_metric():
         training_curves_figure({})
 
 
-
 def test_training_curves_node_leaves_out_a_switched_off_cf_model_only():
     """baselines.enabled without mf: MF was not trained (empty history), so it has no curve and no error;
     a model that was trained (in the list, or the tokenizers' cf_pretraining.model) must have its history."""
@@ -130,6 +129,7 @@ def test_training_curves_node_leaves_out_a_switched_off_cf_model_only():
     with pytest.raises(MissingTableError, match="mf.training_history"):
         plot_training_curves(_history("valid_NDCG@20"), empty, _history("ndcg@20", 2), ["pop", "lightgcn", "mf"],
                              "lightgcn", reporting)
+
 
 def test_pca_2d_finds_the_directions_of_largest_variance():
     rng = np.random.default_rng(0)

@@ -44,6 +44,12 @@ def baseline_enabled(name: str, enabled: list[str] | str) -> bool:
     return name in enabled_baselines(enabled)
 
 
+def cf_model_trained(name: str, enabled: list[str] | str | None, selected_model: str | None) -> bool:
+    """Whether the CF model ``name`` is trained: it is in ``baselines.enabled`` or it is
+    ``cf_pretraining.model``, whose embeddings the tokenizers need (``enabled=None``: every model)."""
+    return enabled is None or baseline_enabled(name, enabled) or name == selected_model
+
+
 def skipped_baseline_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
     """The empty (metrics, ranks) tables a switched-off baseline writes, so no stale rows survive."""
     return pd.DataFrame(columns=list(METRIC_COLUMNS)), pd.DataFrame(columns=list(RANK_COLUMNS))
@@ -74,7 +80,7 @@ def train_cf_model(
     """
     config = CFConfig(**{**cf_model, "seed": seed})
     model = config.model
-    if enabled is not None and not baseline_enabled(model, enabled) and model != selected_model:
+    if not cf_model_trained(model, enabled, selected_model):
         logger.info("%s is off (not in baselines.enabled and not cf_pretraining.model): not trained.", model)
         metrics, ranks = skipped_baseline_tables()
         return {}, pd.DataFrame(columns=["epoch", "loss", "model"]), metrics, ranks, {}

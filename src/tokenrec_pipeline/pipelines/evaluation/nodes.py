@@ -91,8 +91,8 @@ def compare_with_reference(evaluation: dict, seed: int, enabled: list[str] | str
     """
     config = evaluation.get("significance", {})
     switched_off = set(BASELINES) - set(enabled_baselines(enabled))
-    tables = [table for table in ranks_tables
-              if len(table) and not set(table["model"].str.split(" (", regex=False).str[0]) & switched_off]
+    tables = [table[~table["model"].isin(switched_off)] for table in ranks_tables]
+    tables = [table for table in tables if len(table)]
     if not tables:
         return pd.DataFrame(columns=list(SIGNIFICANCE_COLUMNS))
     table = significance_table(

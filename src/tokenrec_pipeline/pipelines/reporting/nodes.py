@@ -16,7 +16,7 @@ from tokenrec_pipeline.figures import (
     tokenizer_diagnostics_figure,
     training_curves_figure,
 )
-from tokenrec_pipeline.pipelines.cf_pretraining.nodes import baseline_enabled
+from tokenrec_pipeline.pipelines.cf_pretraining.nodes import cf_model_trained
 
 
 def plot_metrics_by_model(evaluation_metrics: pd.DataFrame, reporting: dict) -> go.Figure:
@@ -60,6 +60,6 @@ def plot_training_curves(lightgcn_history: pd.DataFrame, mf_history: pd.DataFram
     """
     cf_histories = {"lightgcn": lightgcn_history, "mf": mf_history}
     histories = {f"{name}.training_history": history for name, history in cf_histories.items()
-                 if name == cf_model or baseline_enabled(name, enabled)}
+                 if cf_model_trained(name, enabled, cf_model)}
     histories["llm4rec_training_history"] = llm4rec_history
     return training_curves_figure(histories, metric=reporting["curve_metric"])
