@@ -18,7 +18,7 @@ work folder -- never into the catalog, so a failed job leaves the catalog's mode
 
 Work folder layout: ``job.json`` (token vocabularies, model/training/launch settings, MLflow run),
 ``train_prompts.parquet``, ``valid_prompts.parquet``, ``tensors.safetensors`` (item vectors and token
-codeword vectors); written by rank 0: ``history.csv``, ``model/`` (``LLM4Rec.save_pretrained``); written by a
+codeword vectors), ``user_tokenizer/`` (when the head decodes user codes); written by rank 0: ``history.csv``, ``model/`` (``LLM4Rec.save_pretrained``); written by a
 failing rank: ``errors/rank<R>.json``.
 """
 
@@ -61,6 +61,7 @@ from tokenrec_pipeline.models.llm4rec import (
     resolve_device,
     train_llm4rec,
 )
+from tokenrec_pipeline.models.tokenizers import FittedTokenizer, load_tokenizer
 from tokenrec_pipeline.models.tokenrec import evaluate_prompts
 from tokenrec_pipeline.reporting import history_to_mlflow
 
@@ -74,6 +75,7 @@ VALID_FILE = "valid_prompts.parquet"
 HISTORY_FILE = "history.csv"
 MODEL_DIR = "model"
 ERRORS_DIR = "errors"
+USER_TOKENIZER_DIR = "user_tokenizer"
 CURVES_PREFIX = "llm4rec.train"
 """MLflow name prefix of the per-epoch training records (same names in-process and distributed)."""
 
@@ -102,6 +104,7 @@ class LLM4RecJob:
         user_token_vectors, item_token_vectors: Their codeword vectors (token embedding initialisation).
         model_config, train_config: Architecture and training parameters.
         device: ``None``/"auto" (CUDA when present), "cpu", "cuda", ...
+        user_tokenizer: The fitted user tokenizer (the "residual_user" head decodes user codes with it).
     """
 
     train_prompts: pd.DataFrame
@@ -114,6 +117,7 @@ class LLM4RecJob:
     model_config: LLM4RecConfig
     train_config: TrainConfig
     device: str | None = None
+    user_tokenizer: FittedTokenizer | None = None
 
 
 def sharded_validation(
@@ -130,7 +134,7 @@ def sharded_validation(
         group = ProcessGroup.current(model.device) if distributed else ProcessGroup()
         shard = valid_prompts.iloc[group.rank :: group.world_size]
         if len(shard):
-            result = evaluate_prompts(model, shard, item_vectors)
+            result = evaluate_prompts(model, shard, model.items_in_space(item_vectors))
             counts, ks = (result.n_greater, result.n_tied), result.ks
         else:  # fewer validation prompts than ranks
             counts, ks = (np.zeros(0), np.zeros(0)), ()
@@ -169,6 +173,8 @@ def fit_llm4rec(
         job.user_token_vectors,
         job.item_token_vectors,
         device=job.device,
+        user_tokenizer=job.user_tokenizer,
+        item_vectors=job.item_vectors,
     )
     train = job.train_prompts
     result = train_llm4rec(
@@ -242,7 +248,7 @@ def write_job(
     """
     folder = Path(work_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in (MODEL_DIR, ERRORS_DIR):
+    for stale in (MODEL_DIR, ERRORS_DIR, USER_TOKENIZER_DIR):
         shutil.rmtree(folder / stale, ignore_errors=True)
     (folder / HISTORY_FILE).unlink(missing_ok=True)
     for frame, columns, name in ((job.train_prompts, TRAIN_COLUMNS, TRAIN_FILE),
@@ -268,6 +274,8 @@ def write_job(
         "backend": backend,
         "mlflow": {"run_id": mlflow_run_id, "tracking_uri": mlflow_tracking_uri},
     }
+    if job.user_tokenizer is not None:
+        job.user_tokenizer.save(folder / USER_TOKENIZER_DIR)
     (folder / JOB_FILE).write_text(json.dumps(spec, indent=2))
     return folder
 
@@ -290,6 +298,7 @@ def read_job(work_dir: str | os.PathLike[str]) -> tuple[LLM4RecJob, dict[str, An
         model_config=LLM4RecConfig.from_dict(spec["model_config"]),
         train_config=TrainConfig.from_dict(spec["train_config"]),
         device=spec["device"],
+        user_tokenizer=load_tokenizer(folder / USER_TOKENIZER_DIR) if (folder / USER_TOKENIZER_DIR).is_dir() else None,
     )
     return job, {"backend": spec["backend"], "mlflow": spec["mlflow"]}
 

@@ -12,7 +12,9 @@ those items from ranking and negatives; only the last ``history_length`` appear 
 
 * ``train``: for every seen user's train sequence ``s_1..s_n``, the prefix ``s_1..s_{t-1}``
   predicts ``s_t`` (t >= 1 + min_prefix); at most ``max_prefixes_per_user`` prefixes per user
-  (the most recent ones) so CPU runs stay small.
+  (the most recent ones) so CPU runs stay small. The user tokens are the user's own (from the CF model
+  trained on all their train items, the target included); :func:`with_row_user_tokens` writes the same
+  rows with other user tokens per row, e.g. folded in from the prefix alone (``fold_in_train_prompts``).
 * ``valid``: history = train items, target = the validation item (seen users).
 * ``test``: seen users: history = train + valid, target = test; unseen users: history = their
   ``unseen_history``, target = ``unseen_test``. One row per user per variant: ``full`` (a training
@@ -156,3 +158,24 @@ def build_prompt_samples(
     if frames[0].empty:
         raise PromptConfigError("No training prompts: every train sequence is shorter than prompting.min_prefix + 1.")
     return frames
+
+
+def with_row_user_tokens(prompts: pd.DataFrame, user_tokens: pd.Series, row_tokens: list[str]) -> pd.DataFrame:
+    """The same prompt rows with each row's user tokens replaced by ``row_tokens[row]``.
+
+    Why: a training prompt's user tokens come from a CF model trained on the prompt's own target, so a
+    language model can read the target off them and ignore the history; at test time it cannot. Tokens
+    folded in from the prefix the prompt shows are what a test-time (or new) user looks like.
+
+    Args:
+        prompts: A prompt table (columns :data:`PROMPT_COLUMNS`) written with ``user_tokens``.
+        user_tokens: Token string per ``user_id`` (index) the prompts were written with.
+        row_tokens: One token string per row of ``prompts``.
+    """
+    if len(row_tokens) != len(prompts):
+        raise ValueError(f"{len(row_tokens)} user token strings for {len(prompts)} prompts.")
+    old = user_tokens.loc[prompts["user_id"]].to_numpy()
+    out = prompts.copy()
+    # User and item tokens have distinct prefixes, so the user's token string occurs only where {user} was.
+    out["prompt"] = [prompt.replace(before, after) for prompt, before, after in zip(prompts["prompt"], old, row_tokens)]
+    return out

@@ -19,6 +19,7 @@ import torch
 
 from tokenrec_pipeline.models.cf import fold_in_item_embeddings, fold_in_user_embeddings
 from tokenrec_pipeline.models.item_index import ItemIndex, add_items
+from tokenrec_pipeline.models.item_space import items_for_index
 from tokenrec_pipeline.models.tokenizers import FittedTokenizer, codes_to_token_strings
 from tokenrec_pipeline.prompts import PromptConfig, render_prompt
 
@@ -114,17 +115,19 @@ def map_history(items: tuple[str, ...], item_ids: pd.Series, on_unknown: str, re
 
 
 def new_user_tokens(histories: list[list[int]], cf_embeddings: dict, user_tokenizer: FittedTokenizer,
-                    user_prefix: str) -> list[str]:
+                    user_prefix: str, method: str = "symmetric") -> list[str]:
     """Token strings of brand-new users from their item histories (fold-in + fitted tokenizer).
 
     Items added after training (``add_items``) have no fold-in basis; they still appear in the
     prompt and are excluded from the results, but the user's vector comes from the trained items.
+    ``method``: the fold-in rule (``cf_pretraining.fold_in``) whose scale ``cf_embeddings`` holds.
     """
     n_trained = cf_embeddings["item_fold_in_basis"].shape[0]
     trained = [[i for i in h if i < n_trained] for h in histories]
     if any(not h for h in trained):
         raise UnknownIdError("A new user's history holds only items added after training; add a trained item.")
-    vectors = fold_in_user_embeddings(cf_embeddings["item_fold_in_basis"], trained, cf_embeddings["item_degree"])
+    vectors = fold_in_user_embeddings(cf_embeddings["item_fold_in_basis"], trained, cf_embeddings["item_degree"],
+                                      method)
     vectors = vectors * cf_embeddings["user_fold_in_scale"]
     return codes_to_token_strings(np.asarray(user_tokenizer.encode(vectors)), user_prefix)
 
@@ -168,6 +171,7 @@ def add_new_items(index: ItemIndex, item_users: list[list[int]], new_item_ids: n
     """Fold in new items from their (known) users, add them to the index, and tokenise them."""
     vectors = fold_in_item_embeddings(cf_embeddings["user_fold_in_basis"], item_users, cf_embeddings["user_degree"])
     vectors = vectors * cf_embeddings["item_fold_in_scale"]
-    index = add_items(index, vectors.numpy(), new_item_ids)
+    # Into the index's space (cosine, or MIPS with the training catalogue's largest norm).
+    index = add_items(index, items_for_index(vectors, index.dim, cf_embeddings["item_embeddings"]).numpy(), new_item_ids)
     tokens = codes_to_token_strings(np.asarray(item_tokenizer.encode(vectors)), item_prefix)
     return index, vectors, tokens

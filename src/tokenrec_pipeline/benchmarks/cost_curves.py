@@ -127,11 +127,17 @@ def _random_token_table(n_ids: int, rng: np.random.Generator, prefix: str) -> pd
 
 
 def _prompt_tables(split: pd.DataFrame, rng: np.random.Generator) -> tuple[pd.DataFrame, ...]:
-    from tokenrec_pipeline.pipelines.prompting.nodes import build_prompts
-
     users = _random_token_table(int(split["user_id"].max()) + 1, rng, "u")
     items = _random_token_table(int(split["item_id"].max()) + 1, rng, "i")
-    return build_prompts(split, users, items, _params("prompting"), 42)
+    return _build_prompts(split, users, items)
+
+
+def _build_prompts(split: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame) -> tuple[pd.DataFrame, ...]:
+    """The prompting stage's train / valid / test tables (random tokens: its cost does not depend on them)."""
+    from tokenrec_pipeline.prompts import PromptConfig, build_prompt_samples
+
+    config = PromptConfig.from_params(_params("prompting"), 42)
+    return build_prompt_samples(split, users.set_index("id")["tokens"], items.set_index("id")["tokens"], config)
 
 
 def _item_vectors(n_items: int, rng: np.random.Generator):
@@ -194,10 +200,8 @@ def _prepare(stage: str, n_interactions: int) -> tuple[Callable[[], dict], dict]
     if stage == "prompts":
         users = _random_token_table(int(split["user_id"].max()) + 1, rng, "u")
         items = _random_token_table(int(split["item_id"].max()) + 1, rng, "i")
-        from tokenrec_pipeline.pipelines.prompting.nodes import build_prompts
-
         def prompts() -> dict:
-            train, valid, test = build_prompts(split, users, items, _params("prompting"), 42)
+            train, valid, test = _build_prompts(split, users, items)
             return {"train_prompts": len(train)}
 
         return prompts, sizes

@@ -59,6 +59,16 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
+from tokenrec_pipeline.models.id_tokens import IdTokenEmbeddings, UserCodeDecoder
+from tokenrec_pipeline.models.item_space import (
+    check_item_space,
+    items_to_space,
+    max_item_norm,
+    queries_to_space,
+    space_dim,
+)
+from tokenrec_pipeline.models.tokenizers import FittedTokenizer, load_tokenizer
+
 logger = logging.getLogger(__name__)
 
 BackboneKind = Literal["encoder", "encoder_decoder", "decoder"]
@@ -76,6 +86,10 @@ HEAD_FILE = "projection_head.safetensors"
 TOKENIZER_DIR = "tokenizer"
 BACKBONE_DIR = "backbone"
 FORMAT_VERSION = 1
+
+HEADS: tuple[str, ...] = ("plain", "residual_user")
+ID_TOKENS_FILE = "id_token_embeddings.safetensors"
+USER_DECODER_DIR = "user_decoder"
 
 _DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -286,24 +300,31 @@ class BackboneAdapter(nn.Module):
         device = self.device
         return {"input_ids": encoded["input_ids"].to(device), "attention_mask": encoded["attention_mask"].to(device)}
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, inputs_embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Pool one hidden vector per prompt.
 
         Args:
             input_ids: (B, L) token ids.
             attention_mask: (B, L), 1 for real tokens and 0 for padding (either side).
+            inputs_embeds: Optional (B, L, H) input embeddings used instead of looking ``input_ids`` up
+                (LLM4Rec passes them with its own ID-token rows substituted).
 
         Returns:
             (B, H) pooled hidden states.
         """
         base = self.base_model
         extra: dict[str, Any] = {"use_cache": False} if "use_cache" in self._forward_args else {}
+        inputs: dict[str, torch.Tensor] = (
+            {"input_ids": input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
+        )
         if self.kind == "encoder":
-            hidden = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            hidden = base(**inputs, attention_mask=attention_mask).last_hidden_state
             return _masked_mean(hidden, attention_mask)
         if self.kind == "encoder_decoder":
             if self.t5_pooling == "encoder":
-                hidden = base.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+                hidden = base.get_encoder()(**inputs, attention_mask=attention_mask).last_hidden_state
                 return _masked_mean(hidden, attention_mask)
             # A fixed one-token decoder prompt: the decoder start token. Its hidden state attends to the whole
             # encoded prompt through cross-attention and is the authors' h_i.
@@ -311,14 +332,14 @@ class BackboneAdapter(nn.Module):
                 (input_ids.shape[0], 1), self.decoder_start_token_id(), dtype=torch.long, device=input_ids.device
             )
             hidden = base(
-                input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids, **extra
+                **inputs, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids, **extra
             ).last_hidden_state
             return hidden[:, 0]
         # Decoder-only: positions count real tokens only, so that left padding gives the same result as right
         # padding (models that derive positions from the sequence index would otherwise shift).
         if "position_ids" in self._forward_args:
             extra["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        hidden = base(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+        hidden = base(**inputs, attention_mask=attention_mask, **extra).last_hidden_state
         # Index of the last real token per row, valid for left, right (or no) padding.
         positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
         last = (attention_mask.long() * positions).argmax(dim=1)
@@ -574,7 +595,18 @@ class LLM4RecConfig:
         lora_r, lora_alpha, lora_dropout, lora_target_modules, lora_embeddings: See :func:`enable_lora`.
         gradient_checkpointing: Trade compute for memory (large backbones on GPU).
         dtype: Backbone weight dtype: "float32", "bfloat16", "float16" or "auto" (checkpoint's own).
+        item_space: "cosine" (the paper's ``cos(z, q_j)``) or "mips" (rank by ``z . q_j`` through a cosine
+            index; see :mod:`tokenrec_pipeline.models.item_space`).
+        head: "plain" (the paper's ``z = Proj(h)``) or "residual_user" (``z = Dec_user(user codes) + Proj(h)``,
+            Proj's last layer zero-initialised, so training starts from the user tokenizer's reconstruction of
+            the user's CF vector; see :class:`~tokenrec_pipeline.models.id_tokens.UserCodeDecoder`).
+        id_token_table: Train the ID tokens' input embeddings as a table of their own
+            (:class:`~tokenrec_pipeline.models.id_tokens.IdTokenEmbeddings`; its own learning rate, no decay)
+            instead of as rows of the backbone's embedding matrix.
         seed: Seeds token initialisation and the projection head.
+
+    The dataclass defaults are the paper's recipe (and what models saved before these options meant); the
+    project's defaults live in ``conf/base/parameters_llm4rec.yml``.
     """
 
     backbone: str = DEFAULT_BACKBONE
@@ -595,7 +627,15 @@ class LLM4RecConfig:
     lora_embeddings: str = "full"
     gradient_checkpointing: bool = False
     dtype: str = "float32"
+    item_space: str = "cosine"
+    head: str = "plain"
+    id_token_table: bool = False
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_item_space(self.item_space)
+        if self.head not in HEADS:
+            raise ValueError(f"llm4rec.model.head must be one of {list(HEADS)}, got {self.head!r}.")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> LLM4RecConfig:
@@ -629,8 +669,10 @@ class LLM4Rec(nn.Module):
     Args:
         backbone: The (token-extended, optionally LoRA-wrapped) :class:`BackboneAdapter`.
         config: The architecture parameters (kept for saving).
-        new_token_ids: Ids of the added user/item tokens.
-        n_user_tokens, n_item_tokens: How many of them are user / item tokens (bookkeeping for the JSON).
+        new_token_ids: Ids of the added user/item tokens (user tokens first).
+        n_user_tokens, n_item_tokens: How many of them are user / item tokens.
+        user_tokenizer: The fitted user tokenizer; required by ``config.head == "residual_user"``.
+        item_max_norm: ``M`` of the "mips" item space (largest training item norm).
     """
 
     def __init__(
@@ -640,6 +682,8 @@ class LLM4Rec(nn.Module):
         new_token_ids: Sequence[int] = (),
         n_user_tokens: int = 0,
         n_item_tokens: int = 0,
+        user_tokenizer: FittedTokenizer | None = None,
+        item_max_norm: float = 1.0,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -647,8 +691,22 @@ class LLM4Rec(nn.Module):
         self.new_token_ids = [int(i) for i in new_token_ids]
         self.n_user_tokens = int(n_user_tokens)
         self.n_item_tokens = int(n_item_tokens)
+        self.item_max_norm = float(item_max_norm)
         self.head = ProjectionHead(backbone.hidden_size, config.cf_dim, config.proj_hidden_dim, config.proj_dropout)
-        self.head.to(backbone.device)
+        self.user_decoder: UserCodeDecoder | None = None
+        if config.head == "residual_user":
+            if user_tokenizer is None:
+                raise ValueError("llm4rec.model.head=residual_user needs the fitted user tokenizer.")
+            self.user_decoder = UserCodeDecoder(user_tokenizer, self.new_token_ids[: self.n_user_tokens])
+            # Zero last layer: at step 0, z is exactly the decoded user vector.
+            nn.init.zeros_(self.head[-1].weight)
+            nn.init.zeros_(self.head[-1].bias)
+        self.id_embeddings: IdTokenEmbeddings | None = None
+        if config.id_token_table and self.new_token_ids:
+            weight = backbone.base_model.get_input_embeddings().weight
+            ids = torch.as_tensor(self.new_token_ids, device=weight.device)
+            self.id_embeddings = IdTokenEmbeddings(self.new_token_ids, weight.detach()[ids].float().cpu())
+        self.to(backbone.device)
 
     @property
     def tokenizer(self) -> Any:
@@ -658,10 +716,26 @@ class LLM4Rec(nn.Module):
     def device(self) -> torch.device:
         return self.backbone.device
 
+    @property
+    def space_dim(self) -> int:
+        """``d'``: dimension of the unit vectors :meth:`encode_prompts` returns and items are scored in."""
+        return space_dim(self.config.cf_dim, self.config.item_space)
+
+    def items_in_space(self, item_vectors: torch.Tensor) -> torch.Tensor:
+        """(I, d) CF item vectors -> (I, d') unit vectors this model scores against (its item space)."""
+        return items_to_space(item_vectors, self.config.item_space, self.item_max_norm)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, L) ids and mask -> (B, d) float32 z (not normalised; the loss and scores use cosines)."""
-        pooled = self.backbone(input_ids, attention_mask)
-        return self.head(pooled.to(self.head[0].weight.dtype)).float()
+        """(B, L) ids and mask -> (B, d) float32 z in CF units (not normalised; see :meth:`encode_prompts`)."""
+        inputs_embeds = None
+        if self.id_embeddings is not None:
+            embeddings = self.backbone.base_model.get_input_embeddings()(input_ids)
+            inputs_embeds = self.id_embeddings(input_ids, embeddings)
+        pooled = self.backbone(input_ids, attention_mask, inputs_embeds=inputs_embeds)
+        z = self.head(pooled.to(self.head[0].weight.dtype)).float()
+        if self.user_decoder is not None:
+            z = z + self.user_decoder(input_ids)
+        return z
 
     def encode_prompts(
         self,
@@ -670,18 +744,18 @@ class LLM4Rec(nn.Module):
         show_progress: bool = False,
         mixed_precision: str = "no",
     ) -> torch.Tensor:
-        """z for each prompt, L2-normalised, in eval mode without gradients.
+        """z for each prompt as a unit query of the model's item space, in eval mode without gradients.
 
         Prompts are batched in order of length (less padding), results come back in input order.
 
         Returns:
-            (N, d) float32 tensor on the CPU.
+            (N, d') float32 tensor on the CPU (``d' = d`` for "cosine", ``d + 1`` for "mips").
         """
         prompts = list(prompts)  # positional access even for a pandas Series with a non-default index
         was_training = self.training
         self.eval()
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        output = torch.empty(len(prompts), self.config.cf_dim, dtype=torch.float32)
+        output = torch.empty(len(prompts), self.space_dim, dtype=torch.float32)
         autocast_dtype = _autocast_dtype(mixed_precision, self.device)
         try:
             with torch.no_grad():
@@ -690,7 +764,7 @@ class LLM4Rec(nn.Module):
                     batch = self.backbone.tokenize([prompts[i] for i in rows])
                     with _autocast(self.device, autocast_dtype):
                         z = self(**batch)
-                    output[rows] = F.normalize(z.float(), dim=-1).cpu()
+                    output[rows] = queries_to_space(z.float(), self.config.item_space).cpu()
         finally:
             self.train(was_training)
         return output
@@ -716,6 +790,13 @@ class LLM4Rec(nn.Module):
                 self.backbone.model.save_pretrained(staging / BACKBONE_DIR)
             head_state = {name: tensor.detach().cpu().contiguous() for name, tensor in self.head.state_dict().items()}
             save_file(head_state, str(staging / HEAD_FILE))
+            if self.id_embeddings is not None:
+                save_file({"weight": self.id_embeddings.weight.detach().cpu().contiguous()},
+                          str(staging / ID_TOKENS_FILE))
+            if self.user_decoder is not None:
+                self.user_decoder.tokenizer.model.cpu()
+                self.user_decoder.tokenizer.save(staging / USER_DECODER_DIR)
+                self.user_decoder.to(self.device)
             state = {
                 "format_version": FORMAT_VERSION,
                 "kind": self.backbone.kind,
@@ -725,6 +806,7 @@ class LLM4Rec(nn.Module):
                 "new_token_ids": self.new_token_ids,
                 "n_user_tokens": self.n_user_tokens,
                 "n_item_tokens": self.n_item_tokens,
+                "item_max_norm": self.item_max_norm,
             }
             (staging / CONFIG_FILE).write_text(json.dumps({"config": asdict(self.config), "state": state}, indent=2))
 
@@ -768,6 +850,8 @@ def build_llm4rec(
     user_token_vectors: torch.Tensor | None = None,
     item_token_vectors: torch.Tensor | None = None,
     device: str | torch.device | None = None,
+    user_tokenizer: FittedTokenizer | None = None,
+    item_vectors: torch.Tensor | None = None,
 ) -> LLM4Rec:
     """Load the backbone, add the ID tokens, optionally enable LoRA, attach the projection head.
 
@@ -778,6 +862,8 @@ def build_llm4rec(
         user_token_vectors, item_token_vectors: Optional (T, d_c) codebook vectors for the initialisation
             described in :func:`add_recommendation_tokens`.
         device: "cuda", "cpu", ...; ``None`` picks CUDA when available.
+        user_tokenizer: The fitted user tokenizer (needed by the "residual_user" head).
+        item_vectors: The (I, d) training item vectors (their largest norm is the "mips" space's ``M``).
 
     Returns:
         The model, in train mode, on ``device``.
@@ -818,7 +904,8 @@ def build_llm4rec(
             target_modules=config.lora_target_modules,
             embeddings=config.lora_embeddings,  # type: ignore[arg-type]
         )
-    model = LLM4Rec(backbone, config, user_ids + item_ids, len(user_ids), len(item_ids))
+    model = LLM4Rec(backbone, config, user_ids + item_ids, len(user_ids), len(item_ids), user_tokenizer=user_tokenizer,
+                    item_max_norm=max_item_norm(item_vectors) if item_vectors is not None else 1.0)
     model.to(resolve_device(device))
     model.train()
     return model
@@ -887,10 +974,15 @@ def load_llm4rec(
         max_length=config.max_length,
         truncation_side=config.truncation_side,  # type: ignore[arg-type]
     )
+    user_tokenizer = load_tokenizer(source / USER_DECODER_DIR) if config.head == "residual_user" else None
     llm4rec = LLM4Rec(
-        adapter, config, state.get("new_token_ids", []), state.get("n_user_tokens", 0), state.get("n_item_tokens", 0)
+        adapter, config, state.get("new_token_ids", []), state.get("n_user_tokens", 0), state.get("n_item_tokens", 0),
+        user_tokenizer=user_tokenizer, item_max_norm=state.get("item_max_norm", 1.0),
     )
     llm4rec.head.load_state_dict(load_file(str(source / HEAD_FILE)))
+    if llm4rec.id_embeddings is not None:
+        with torch.no_grad():
+            llm4rec.id_embeddings.weight.copy_(load_file(str(source / ID_TOKENS_FILE))["weight"])
     llm4rec.to(resolve_device(device))
     llm4rec.eval()
     return llm4rec
@@ -1034,6 +1126,8 @@ class LoopConfig:
         monitor: Metric for early stopping / best checkpoint ("loss" without a validation function).
         monitor_mode: "max" or "min".
         patience: Epochs without improvement before stopping (``None``: never stop early).
+        validate_before_training: Validate once before the first step (recorded as epoch 0); the untrained
+            model is then a candidate for the kept checkpoint, so training can never end below its start.
         min_delta: Smallest change counted as an improvement.
         restore_best: Load the best epoch's weights back at the end.
         seed: Seeds sampling, dropout (``seed + rank`` under DDP) and the epoch subsets.
@@ -1057,6 +1151,7 @@ class LoopConfig:
     monitor: str = "ndcg@20"
     monitor_mode: str = "max"
     patience: int | None = 2
+    validate_before_training: bool = False
     min_delta: float = 0.0
     restore_best: bool = True
     seed: int = 0
@@ -1081,6 +1176,8 @@ class TrainConfig(LoopConfig):
         gamma: Margin of the negative term (authors: 0; "cosine" loss only).
         exclude_history_from_negatives: Never sample a prompt's history items as negatives (nor put them in
             the softmax).
+        token_learning_rate: Learning rate of the ID-token embedding table (``model.id_token_table``;
+            ``None``: learning_rate). No weight decay applies to it.
     """
 
     PARAMETERS: ClassVar[str] = "llm4rec training"
@@ -1090,6 +1187,7 @@ class TrainConfig(LoopConfig):
     num_negatives: int = 1
     gamma: float = 0.0
     exclude_history_from_negatives: bool = True
+    token_learning_rate: float | None = None
 
 
 @dataclass
@@ -1099,7 +1197,8 @@ class TrainResult:
     Attributes:
         history: One record per epoch: ``epoch``, ``loss``, ``lr``, ``seconds``, ``samples`` and the
             validation metrics (ready for ``mlflow.log_metrics(record, step=epoch)``).
-        best_epoch: 1-based epoch whose weights the model holds (when ``restore_best``).
+        best_epoch: 1-based epoch whose weights the model holds (when ``restore_best``); 0: the untrained
+            model (``validate_before_training``).
         best_score: Its monitored value.
         monitor: Name of the monitored metric.
         stopped_early: Whether patience ran out before ``epochs``.
@@ -1220,22 +1319,23 @@ def check_global_batch(batch_size: int, world_size: int) -> None:
 
 
 def _parameter_groups(model: nn.Module, config: LoopConfig) -> list[dict[str, Any]]:
-    """AdamW groups: decay for matrices only; optional separate learning rate for the ``head.*`` parameters."""
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    """AdamW groups: decay for matrices only; optional separate learning rates for the ``head.*`` parameters
+    and for the ID-token table ``id_embeddings.*`` (which never decays: it is the tokens' only representation)."""
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        is_head = name.startswith("head.")
-        decays = parameter.ndim >= 2
-        groups.setdefault((is_head, decays), []).append(parameter)
-    head_lr = config.head_learning_rate or config.learning_rate
+        part = "head" if name.startswith("head.") else "tokens" if name.startswith("id_embeddings.") else "backbone"
+        decays = parameter.ndim >= 2 and part != "tokens"
+        groups.setdefault((part, decays), []).append(parameter)
+    rates = {
+        "head": config.head_learning_rate or config.learning_rate,
+        "tokens": getattr(config, "token_learning_rate", None) or config.learning_rate,
+        "backbone": config.learning_rate,
+    }
     return [
-        {
-            "params": params,
-            "lr": head_lr if is_head else config.learning_rate,
-            "weight_decay": config.weight_decay if decays else 0.0,
-        }
-        for (is_head, decays), params in groups.items()
+        {"params": params, "lr": rates[part], "weight_decay": config.weight_decay if decays else 0.0}
+        for (part, decays), params in groups.items()
     ]
 
 
@@ -1373,6 +1473,24 @@ def run_training_loop(
     best_state: dict[str, torch.Tensor] | None = None
     epochs_without_improvement = 0
     started = time.perf_counter()
+    if validate_fn is not None and config.validate_before_training:
+        # Epoch 0: the untrained model is a candidate checkpoint (a good start can be kept).
+        model.eval()
+        metrics = dict(validate_fn(model))
+        record = {"epoch": 0.0, "loss": float("nan"), "lr": 0.0, "samples": 0.0}
+        if group.is_main:
+            if monitor not in metrics:
+                raise KeyError(f"validate_fn returned {sorted(metrics)}, which lacks the monitored metric {monitor!r}.")
+            record.update({key: float(value) for key, value in metrics.items()})
+        record["seconds"] = time.perf_counter() - started
+        record = group.broadcast(record)
+        result.history.append(record)
+        result.best_epoch, result.best_score = 0, record[monitor]
+        best_state = {key: p.detach().to("cpu", copy=True) for key, p in trainable} if config.restore_best else {}
+        if group.is_main:
+            log.info("%s before training: %s %.4f (%.1fs)", name, monitor, record[monitor], record["seconds"])
+            if on_epoch_end is not None:
+                on_epoch_end(record)
     for epoch in range(1, config.epochs + 1):
         epoch_started = time.perf_counter()
         model.train()
@@ -1550,7 +1668,8 @@ def _train(
     history_table = pad_histories(histories) if use_history else None  # type: ignore[arg-type]
     setup = prepare_training(model, config, n_samples, validate_fn, distributed)
     device, generator, autocast_dtype = setup.device, setup.generator, setup.autocast_dtype
-    unit_items = F.normalize(item_vectors.detach().float(), dim=-1).to(device)
+    space = model.config.item_space
+    unit_items = model.items_in_space(item_vectors).to(device)  # (I, d') unit vectors of the item space
     negatives = torch.zeros((n_samples, config.num_negatives), dtype=torch.long)
 
     def draw_negatives(order: torch.Tensor) -> None:
@@ -1568,11 +1687,12 @@ def _train(
         batch = model.backbone.tokenize([prompts[i] for i in rows.tolist()])
         with _autocast(device, autocast_dtype):
             z = setup.forward_model(**batch)
+        query = queries_to_space(z.float(), space)  # cos(query, item) is the score the index ranks by
         if config.loss == "softmax":
             exclude = history_table[rows].to(device) if history_table is not None else None
-            return softmax_loss(z.float(), unit_items, targets[rows].to(device), config.temperature, exclude)
+            return softmax_loss(query, unit_items, targets[rows].to(device), config.temperature, exclude)
         return tokenrec_loss(
-            z.float(), unit_items[targets[rows].to(device)], unit_items[negatives[rows].to(device)], config.gamma
+            query, unit_items[targets[rows].to(device)], unit_items[negatives[rows].to(device)], config.gamma
         )
 
     return run_training_loop(

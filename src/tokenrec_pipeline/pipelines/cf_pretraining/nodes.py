@@ -25,7 +25,7 @@ from tokenrec_pipeline.reporting import history_to_mlflow, markdown_table, metri
 
 logger = logging.getLogger(__name__)
 
-BASELINES = ("pop", "mf", "lightgcn", "sasrec", "bert4rec", "autoregressive")
+BASELINES = ("pop", "mf", "lightgcn", "sasrec", "bert4rec", "autoregressive", "tokenrec_paper")
 """Names ``baselines.enabled`` may list (rows of the baseline table)."""
 
 

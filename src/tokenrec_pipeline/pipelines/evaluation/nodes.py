@@ -19,7 +19,12 @@ from tokenrec_pipeline.models.llm4rec import LLM4Rec  # noqa: E402
 from tokenrec_pipeline.models.significance import SIGNIFICANCE_COLUMNS, significance_table  # noqa: E402
 from tokenrec_pipeline.models.tokenrec import evaluate_prompt_variants, item_vectors_from_index, time_retrieval  # noqa: E402
 from tokenrec_pipeline.paper_reference import paper_beside, paper_rows  # noqa: E402
-from tokenrec_pipeline.pipelines.cf_pretraining.nodes import BASELINES, enabled_baselines  # noqa: E402
+from tokenrec_pipeline.datasets import SkippedModel  # noqa: E402
+from tokenrec_pipeline.pipelines.cf_pretraining.nodes import (  # noqa: E402
+    BASELINES,
+    enabled_baselines,
+    skipped_baseline_tables,
+)
 from tokenrec_pipeline.reporting import markdown_table, metrics_table_to_mlflow, mlflow_name  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -31,7 +36,23 @@ def evaluate_tokenrec(llm4rec_model: LLM4Rec, item_index: ItemIndex, test_prompt
     and the User ID Only variants, scored against the vectors the item index serves."""
     n_items = int(interactions_split["item_id"].max()) + 1
     item_vectors = item_vectors_from_index(item_index, n_items)
+    if item_vectors.shape[1] != llm4rec_model.space_dim:
+        raise ValueError(f"item_index holds {item_vectors.shape[1]}-dimensional vectors but the language model scores in "
+                         f"a {llm4rec_model.space_dim}-dimensional {llm4rec_model.config.item_space!r} space: they come "
+                         "from different runs; rerun `kedro run --pipeline=full` (or from the indexing stage).")
     return evaluate_prompt_variants(llm4rec_model, test_prompts, item_vectors)
+
+
+def evaluate_paper_tokenrec(paper_llm4rec_model: LLM4Rec | SkippedModel, test_prompts: pd.DataFrame,
+                            cf_embeddings: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Test metrics of the paper's recipe (row ``tokenrec (paper)``), full prompt, seen and unseen users,
+    scored exactly (no index) against every item in that model's own item space; empty tables when it was
+    switched off."""
+    if isinstance(paper_llm4rec_model, SkippedModel):
+        return skipped_baseline_tables()
+    full = test_prompts[test_prompts["variant"] == "full"]
+    item_vectors = paper_llm4rec_model.items_in_space(cf_embeddings["item_embeddings"])
+    return evaluate_prompt_variants(paper_llm4rec_model, full, item_vectors, model_name="tokenrec (paper)")
 
 
 def measure_inference_latency(llm4rec_model: LLM4Rec, item_index: ItemIndex, test_prompts: pd.DataFrame,

@@ -2,13 +2,19 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import compare_with_reference, evaluate_tokenrec, measure_inference_latency, report_evaluation
+from .nodes import (
+    compare_with_reference,
+    evaluate_paper_tokenrec,
+    evaluate_tokenrec,
+    measure_inference_latency,
+    report_evaluation,
+)
 
 COMPARED_RANKS = ["pop.ranks", "mf.ranks", "lightgcn.ranks", "sasrec.ranks", "bert4rec.ranks", "autoregressive.ranks",
-                  "tokenrec.ranks"]
+                  "tokenrec.ranks", "tokenrec_paper.ranks"]
 """Per-user ranks of every model in the significance table; append a new model's ``<model>.ranks`` here."""
 
-METRIC_TABLES = ["baseline_metrics", "autoregressive.metrics", "tokenrec.metrics"]
+METRIC_TABLES = ["baseline_metrics", "autoregressive.metrics", "tokenrec.metrics", "tokenrec_paper.metrics"]
 """Long metrics tables concatenated into ``evaluation_metrics``; append a new model's ``<model>.metrics`` here."""
 
 
@@ -16,6 +22,8 @@ def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline([
         Node(evaluate_tokenrec, ["llm4rec_model", "item_index", "test_prompts", "interactions_split"],
              ["tokenrec.metrics", "tokenrec.ranks"], name="evaluate_tokenrec"),
+        Node(evaluate_paper_tokenrec, ["paper.llm4rec_model", "test_prompts", "cf_embeddings"],
+             ["tokenrec_paper.metrics", "tokenrec_paper.ranks"], name="evaluate_paper_tokenrec"),
         Node(measure_inference_latency,
              ["llm4rec_model", "item_index", "test_prompts", "cf_embeddings", "params:evaluation"],
              "inference_latency", name="measure_inference_latency"),

@@ -1,13 +1,19 @@
 """Nodes of the llm4rec stage (model code in ``tokenrec_pipeline.models.llm4rec``; the training job, in-process
-or DDP under torchrun, in ``tokenrec_pipeline.distributed_train``)."""
+or DDP under torchrun, in ``tokenrec_pipeline.distributed_train``).
+
+Two recipes train here: the project's default (``llm4rec``) and the paper's (``llm4rec`` with the
+``llm4rec_paper`` overrides), reported side by side as ``tokenrec`` and ``tokenrec (paper)``.
+"""
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import mlflow
 import pandas as pd
 
+from tokenrec_pipeline.datasets import SkippedModel
 from tokenrec_pipeline.distributed_train import (
     CURVES_PREFIX,
     DistributedSettings,
@@ -18,26 +24,94 @@ from tokenrec_pipeline.distributed_train import (
 from tokenrec_pipeline.models.llm4rec import LLM4Rec, LLM4RecConfig, TrainConfig
 from tokenrec_pipeline.models.tokenizers import FittedTokenizer
 from tokenrec_pipeline.models.tokenrec import id_token_vocabularies
+from tokenrec_pipeline.pipelines.cf_pretraining.nodes import baseline_enabled
 from tokenrec_pipeline.reporting import history_to_mlflow
 
 logger = logging.getLogger(__name__)
 
+RECIPES = ("default", "paper")
+TRAIN_USER_TOKENS = ("prefix_fold_in", "full_graph")
+PAPER_CURVES_PREFIX = "llm4rec_paper.train"
+
+
+def resolve_recipe(llm4rec: dict, paper_overrides: dict, recipe: str | None = None) -> dict:
+    """The ``llm4rec`` parameters of one recipe: ``default`` as written, ``paper`` with the ``llm4rec_paper``
+    block's ``model`` / ``training`` keys replacing the default's (``recipe=None``: ``llm4rec.recipe``)."""
+    name = recipe or llm4rec.get("recipe", "default")
+    if name not in RECIPES:
+        raise ValueError(f"llm4rec.recipe must be one of {list(RECIPES)}, got {name!r}.")
+    resolved = copy.deepcopy({key: value for key, value in llm4rec.items() if key != "recipe"})
+    if name == "paper":
+        unknown = sorted(set(paper_overrides) - {"model", "training"})
+        if unknown:
+            raise ValueError(f"llm4rec_paper may only hold 'model' and 'training' blocks, got {unknown}.")
+        for block in ("model", "training"):
+            resolved[block] = {**resolved.get(block, {}), **(paper_overrides.get(block) or {})}
+    return resolved
+
+
+def _training_prompts(train_prompts: pd.DataFrame, fold_in_train_prompts: pd.DataFrame,
+                      training: dict) -> tuple[pd.DataFrame, dict]:
+    """The train table ``llm4rec.training.train_user_tokens`` names, and the training parameters without it."""
+    training = dict(training)
+    source = training.pop("train_user_tokens", "full_graph")
+    if source not in TRAIN_USER_TOKENS:
+        raise ValueError(f"llm4rec.training.train_user_tokens must be one of {list(TRAIN_USER_TOKENS)}, got {source!r}.")
+    return (fold_in_train_prompts if source == "prefix_fold_in" else train_prompts), training
+
+
+def _train(train_prompts: pd.DataFrame, fold_in_train_prompts: pd.DataFrame, valid_prompts: pd.DataFrame,
+           cf_embeddings: dict, user_tokenizer: FittedTokenizer, item_tokenizer: FittedTokenizer, tokenizer: dict,
+           llm4rec: dict, seed: int, curves_prefix: str, name: str) -> tuple[LLM4Rec, pd.DataFrame, dict]:
+    item_vectors = cf_embeddings["item_embeddings"]
+    vocab = id_token_vocabularies(user_tokenizer, item_tokenizer, tokenizer["user"]["token_prefix"],
+                                  tokenizer["item"]["token_prefix"])
+    prompts, training = _training_prompts(train_prompts, fold_in_train_prompts, llm4rec["training"])
+    job = LLM4RecJob(
+        train_prompts=prompts, valid_prompts=valid_prompts, item_vectors=item_vectors,
+        user_tokens=vocab["user_tokens"], item_tokens=vocab["item_tokens"],
+        user_token_vectors=vocab["user_token_vectors"], item_token_vectors=vocab["item_token_vectors"],
+        model_config=LLM4RecConfig.from_dict({**llm4rec["model"], "cf_dim": int(item_vectors.shape[1]), "seed": seed}),
+        train_config=TrainConfig.from_dict({**training, "seed": seed}),
+        device=llm4rec.get("device"),
+        user_tokenizer=user_tokenizer,
+    )
+    settings = DistributedSettings.from_dict(llm4rec.get("distributed") or {})
+    if settings.enabled:
+        run = mlflow.active_run()
+        run_id = run.info.run_id if run is not None else None
+        model, history = train_distributed(job, settings, run_id, mlflow.get_tracking_uri() if run_id else None)
+        curves = {} if run_id else history_to_mlflow(history, curves_prefix)
+    else:
+        model, result = fit_llm4rec(job)
+        history = pd.DataFrame(result.history)
+        curves = history_to_mlflow(history, curves_prefix)
+    monitor = job.train_config.monitor
+    best = history.loc[history[monitor].idxmax() if job.train_config.monitor_mode == "max" else history[monitor].idxmin()]
+    logger.info("%s: best epoch %d of %d (%s=%.4f), %.0fs", name, best["epoch"], int(history["epoch"].max()), monitor,
+                best[monitor], history["seconds"].sum())
+    return model, history, curves
+
 
 def train_llm4rec_model(
     train_prompts: pd.DataFrame,
+    fold_in_train_prompts: pd.DataFrame,
     valid_prompts: pd.DataFrame,
     cf_embeddings: dict,
     user_tokenizer: FittedTokenizer,
     item_tokenizer: FittedTokenizer,
     tokenizer: dict,
     llm4rec: dict,
+    llm4rec_paper: dict,
     seed: int,
 ) -> tuple[LLM4Rec, pd.DataFrame, dict]:
-    """Fine-tune the language model on the train prompts; select the epoch by validation NDCG@20.
+    """Fine-tune the language model (recipe ``llm4rec.recipe``); select the epoch by validation NDCG@20.
 
-    The backbone gets the K*L user and K*L item tokens (embeddings initialised from the
-    codewords), a projection head maps its pooled state to the CF space, and the loss pulls z
-    towards the target item's CF vector and away from sampled negatives (1 - cos / max(0, cos - gamma)).
+    The backbone gets the K*L user and K*L item tokens (embeddings initialised from the codewords), a
+    projection head maps its pooled state to the CF space (plus the decoded user codes with the
+    ``residual_user`` head), and the loss pulls z towards the target item and away from negatives in the
+    model's item space (cosine or MIPS). The train prompts' user tokens are the user's own
+    (``full_graph``) or folded in from each prompt's prefix (``prefix_fold_in``).
 
     With ``llm4rec.distributed.enabled`` the same training runs as a DDP job under ``torchrun`` (a
     subprocess; its inputs go through a job folder, rank 0's checkpoint comes back from it); its rank 0
@@ -46,29 +120,28 @@ def train_llm4rec_model(
     Returns:
         (llm4rec_model, llm4rec_training_history, llm4rec_training_curves)
     """
-    item_vectors = cf_embeddings["item_embeddings"]
-    vocab = id_token_vocabularies(user_tokenizer, item_tokenizer, tokenizer["user"]["token_prefix"],
-                                  tokenizer["item"]["token_prefix"])
-    job = LLM4RecJob(
-        train_prompts=train_prompts, valid_prompts=valid_prompts, item_vectors=item_vectors,
-        user_tokens=vocab["user_tokens"], item_tokens=vocab["item_tokens"],
-        user_token_vectors=vocab["user_token_vectors"], item_token_vectors=vocab["item_token_vectors"],
-        model_config=LLM4RecConfig.from_dict({**llm4rec["model"], "cf_dim": int(item_vectors.shape[1]), "seed": seed}),
-        train_config=TrainConfig.from_dict({**llm4rec["training"], "seed": seed}),
-        device=llm4rec.get("device"),
-    )
-    settings = DistributedSettings.from_dict(llm4rec.get("distributed") or {})
-    if settings.enabled:
-        run = mlflow.active_run()
-        run_id = run.info.run_id if run is not None else None
-        model, history = train_distributed(job, settings, run_id, mlflow.get_tracking_uri() if run_id else None)
-        curves = {} if run_id else history_to_mlflow(history, CURVES_PREFIX)
-    else:
-        model, result = fit_llm4rec(job)
-        history = pd.DataFrame(result.history)
-        curves = history_to_mlflow(history, CURVES_PREFIX)
-    monitor = job.train_config.monitor
-    best = history.loc[history[monitor].idxmax() if job.train_config.monitor_mode == "max" else history[monitor].idxmin()]
-    logger.info("LLM4Rec: best epoch %d of %d (%s=%.4f), %.0fs", best["epoch"], len(history), monitor, best[monitor],
-                history["seconds"].sum())
-    return model, history, curves
+    return _train(train_prompts, fold_in_train_prompts, valid_prompts, cf_embeddings, user_tokenizer,
+                  item_tokenizer, tokenizer, resolve_recipe(llm4rec, llm4rec_paper), seed, CURVES_PREFIX, "LLM4Rec")
+
+
+def train_paper_llm4rec_model(
+    train_prompts: pd.DataFrame,
+    fold_in_train_prompts: pd.DataFrame,
+    valid_prompts: pd.DataFrame,
+    cf_embeddings: dict,
+    user_tokenizer: FittedTokenizer,
+    item_tokenizer: FittedTokenizer,
+    tokenizer: dict,
+    llm4rec: dict,
+    llm4rec_paper: dict,
+    enabled: list[str] | str,
+    seed: int,
+) -> tuple[LLM4Rec | SkippedModel, pd.DataFrame, dict]:
+    """The paper's recipe (``llm4rec`` + ``llm4rec_paper`` overrides), trained beside the default for the
+    ``tokenrec (paper)`` row; a ``SkippedModel`` when ``tokenrec_paper`` is not in ``baselines.enabled``."""
+    if not baseline_enabled("tokenrec_paper", enabled):
+        logger.info("tokenrec_paper is off (not in baselines.enabled): the paper's recipe is not trained.")
+        return SkippedModel(), pd.DataFrame(columns=["epoch"]), {}
+    return _train(train_prompts, fold_in_train_prompts, valid_prompts, cf_embeddings, user_tokenizer,
+                  item_tokenizer, tokenizer, resolve_recipe(llm4rec, llm4rec_paper, "paper"), seed,
+                  PAPER_CURVES_PREFIX, "LLM4Rec (paper recipe)")
