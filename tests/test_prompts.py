@@ -69,3 +69,44 @@ def test_prefix_cap_keeps_the_most_recent():
 def test_bad_parameters_are_named(overrides, parameter):
     with pytest.raises(PromptConfigError, match=parameter.replace("[", r"\[").replace("]", r"\]")):
         _config(**overrides)
+
+
+def test_fold_in_train_prompts_never_see_the_target_or_later_items():
+    """Each fold-in train prompt's user tokens are the fitted tokenizer's tokens of the fold-in of exactly
+    the prompt's prefix: changing the CF vectors of the target or of later items changes nothing."""
+    import numpy as np
+    import torch
+
+    from tokenrec_pipeline.models.tokenizers import codes_to_token_strings, fit_tokenizer
+    from tokenrec_pipeline.pipelines.prompting.nodes import build_prompts
+
+    split = _split()
+    split = pd.concat([split, pd.DataFrame([(0, 5, 9, "train")], columns=split.columns)])  # user 0: train 0,1,2,5
+    split = split.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+    fitted = fit_tokenizer(torch.randn(300, 4, generator=torch.Generator().manual_seed(0)),
+                           {"quantizer": "kmeans", "n_codebooks": 2, "codebook_size": 4, "seed": 0, "device": "cpu"})
+    basis = torch.randn(6, 4, generator=torch.Generator().manual_seed(1)) * 3
+    cf = {"item_fold_in_basis": basis, "item_degree": torch.tensor([3.0, 2, 2, 1, 1, 1]),
+          "user_fold_in_scale": torch.tensor([0.7])}
+    users = pd.DataFrame({"id": [0, 1], "tokens": USER_TOKENS})
+    items = pd.DataFrame({"id": range(6), "tokens": ITEM_TOKENS})
+    params = {"train_templates": TEMPLATES, "test_template_id": 0, "unseen_template": "New: {user} after {history}",
+              "user_only_template": "Recommend to {user}.", "history_length": 2}
+    tokenizer = {"user": {"token_prefix": "u"}}
+
+    def run(embeddings):
+        return build_prompts(split, users, items, embeddings, fitted, params, tokenizer, "mean", 0)
+
+    train, fold_in, valid, test = run(cf)
+    assert len(fold_in) == len(train) == 3 and fold_in["target_item"].tolist() == [1, 2, 5]
+    assert (fold_in.drop(columns="prompt").astype(str) == train.drop(columns="prompt").astype(str)).all().all()
+    for row in fold_in.itertuples():
+        prefix = list(row.history)
+        expected = codes_to_token_strings(fitted.encode(basis[prefix].mean(0, keepdim=True) * 0.7), "u")[0]
+        assert row.prompt == train.loc[row.Index, "prompt"].replace(USER_TOKENS[0], expected)
+        # Scramble the target's and every later item's CF vector: this row's prompt stays the same.
+        scrambled = basis.clone()
+        later = [i for i in range(6) if i not in prefix]
+        scrambled[later] = torch.randn(len(later), 4, generator=torch.Generator().manual_seed(row.Index)) * 50
+        assert run({**cf, "item_fold_in_basis": scrambled})[1].loc[row.Index, "prompt"] == row.prompt
+    assert np.array_equal(valid["prompt"], run(cf)[2]["prompt"])  # valid / test keep the users' own tokens

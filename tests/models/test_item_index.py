@@ -284,8 +284,15 @@ def test_indexing_node_reads_factory_params_and_seed(separated) -> None:
     torch = pytest.importorskip("torch")
     vectors, _ = separated
     params = {"use_gpu": False, "faiss_factory": "IVF8,Flat", "search_params": {"nprobe": 4, "efSearch": 99}}
-    first = build_index({"item_embeddings": torch.from_numpy(vectors)}, params, seed=3)
-    second = build_index({"item_embeddings": torch.from_numpy(vectors)}, params, seed=3)
+    from tokenrec_pipeline.models.item_space import items_to_space
+
+    class CosineSpace:  # the one method of LLM4Rec the node reads: its item space (here the paper's cosine)
+        @staticmethod
+        def items_in_space(item_vectors):
+            return items_to_space(item_vectors, "cosine")
+
+    first = build_index({"item_embeddings": torch.from_numpy(vectors)}, CosineSpace(), params, seed=3)
+    second = build_index({"item_embeddings": torch.from_numpy(vectors)}, CosineSpace(), params, seed=3)
     assert first.factory == "IVF8,Flat" and first.search_params == {"nprobe": 4}  # efSearch ignored for IVF
     np.testing.assert_array_equal(first.ids(), np.arange(len(vectors)))
     queries = _queries_near_centres(2, seed=13)

@@ -8,6 +8,8 @@ downloaded and each build takes a fraction of a second.
 from __future__ import annotations
 
 import math
+
+import numpy as np
 from pathlib import Path
 
 import pytest
@@ -540,3 +542,86 @@ def test_softmax_loss_is_cross_entropy_over_items_without_the_history():
         -torch.log_softmax(logits[1], 0)[3],
     ]).mean()
     assert torch.allclose(softmax_loss(z, items, targets, 0.5, exclude), by_hand)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# TokenRec-quality options: residual user head, MIPS space, ID-token table, validation before training
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def user_tokenizer():
+    """A real fitted user tokenizer with K=3, L=8 (the USER_TOKENS vocabulary) over 8-d vectors."""
+    from tokenrec_pipeline.models.tokenizers import fit_tokenizer
+
+    vectors = torch.randn(200, CF_DIM, generator=torch.Generator().manual_seed(1))
+    return fit_tokenizer(vectors, {"quantizer": "kmeans", "n_codebooks": 3, "codebook_size": 8, "seed": 0,
+                                   "device": "cpu"})
+
+
+def _build_residual(folder: str, user_tokenizer, items: torch.Tensor, **overrides: object) -> LLM4Rec:
+    config = LLM4RecConfig(backbone=folder, cf_dim=CF_DIM, proj_hidden_dim=16, max_length=64, head="residual_user",
+                           item_space="mips", id_token_table=True, **overrides)
+    return build_llm4rec(config, USER_TOKENS, ITEM_TOKENS, device="cpu", user_tokenizer=user_tokenizer,
+                         item_vectors=items)
+
+
+def test_residual_head_at_step_zero_scores_like_the_decoded_user(tiny_backbones, user_tokenizer) -> None:
+    from tokenrec_pipeline.models.item_space import queries_to_space
+
+    items = torch.randn(30, CF_DIM, generator=torch.Generator().manual_seed(2)) * torch.linspace(0.2, 3, 30)[:, None]
+    model = _build_residual(tiny_backbones["bert"], user_tokenizer, items)
+    z = model.encode_prompts(PROMPTS, batch_size=2)
+    decoded = torch.as_tensor(user_tokenizer.decode(np.array([[3, 1, 0], [1, 7, 2]])))
+    torch.testing.assert_close(z[:2], queries_to_space(decoded, "mips"), atol=1e-5, rtol=1e-5)
+    assert torch.count_nonzero(z[2]) == 0  # no user token in the prompt: nothing to decode, Proj(h) = 0 at step 0
+    # Scores in the MIPS space order items as the decoded user vector's inner products do.
+    scores = z[:2] @ model.items_in_space(items).T
+    assert torch.equal(scores.argsort(dim=1, descending=True), (decoded @ items.T).argsort(dim=1, descending=True))
+    # The user tokens alone decide the decoded part: the same user with another history decodes the same.
+    other = model.user_decoder(model.backbone.tokenize(["user_<u1-3><u2-1><u3-0> liked item_<i1-5><i2-5><i3-5>"])[
+        "input_ids"])
+    torch.testing.assert_close(other[0], decoded[0])
+
+
+def test_residual_mips_model_trains_its_token_table_and_round_trips(tiny_backbones, user_tokenizer,
+                                                                     tmp_path: Path) -> None:
+    items = torch.randn(30, CF_DIM, generator=torch.Generator().manual_seed(2))
+    model = _build_residual(tiny_backbones["bert"], user_tokenizer, items)
+    table_before = model.id_embeddings.weight.detach().clone()
+    decoder_before = [p.detach().clone() for p in model.user_decoder.parameters()]
+    backbone_rows = _input_embedding_weight(model)[model.new_token_ids].detach().clone()
+    train_llm4rec(model, PROMPTS * 4, [0, 1, 2] * 4, items,
+                  TrainConfig(epochs=2, batch_size=4, learning_rate=1e-3, token_learning_rate=5e-2,
+                              show_progress=False, patience=None))
+    moved = (model.id_embeddings.weight - table_before).abs().amax(dim=1)
+    used = [model.new_token_ids.index(i) for i in model.tokenizer.convert_tokens_to_ids(["<u1-3>", "<i1-2>"])]
+    assert torch.all(moved[used] > 1e-2)  # the ID tokens in the prompts moved at the token learning rate
+    assert all(torch.equal(a, b) for a, b in zip(decoder_before, model.user_decoder.parameters()))  # frozen
+    torch.testing.assert_close(_input_embedding_weight(model)[model.new_token_ids], backbone_rows)  # unused rows
+    before = model.encode_prompts(PROMPTS, batch_size=2)
+    model.save_pretrained(tmp_path / "m")
+    loaded = load_llm4rec(tmp_path / "m", device="cpu")
+    assert loaded.config.item_space == "mips" and loaded.space_dim == CF_DIM + 1
+    assert loaded.item_max_norm == pytest.approx(float(items.norm(dim=1).max()))
+    torch.testing.assert_close(loaded.encode_prompts(PROMPTS, batch_size=2), before, atol=1e-6, rtol=1e-5)
+
+
+def test_validation_before_training_keeps_the_untrained_model_when_training_hurts(tiny_backbones) -> None:
+    model = _build(tiny_backbones["bert"])
+    items = torch.randn(10, CF_DIM, generator=torch.Generator().manual_seed(0))
+    initial = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    scripted = iter([0.5, 0.1, 0.2, 0.9])
+
+    def validate(m: LLM4Rec) -> dict[str, float]:
+        return {"ndcg@20": next(scripted)}
+
+    result = train_llm4rec(
+        model, PROMPTS * 4, [0, 1, 2] * 4, items,
+        TrainConfig(epochs=4, batch_size=4, samples_per_epoch=4, learning_rate=1e-2, patience=2, show_progress=False,
+                    validate_before_training=True),
+        validate_fn=validate,
+    )
+    assert [r["epoch"] for r in result.history] == [0.0, 1.0, 2.0]
+    assert result.best_epoch == 0 and result.best_score == pytest.approx(0.5) and result.stopped_early
+    assert all(torch.equal(initial[name], p) for name, p in model.named_parameters() if p.requires_grad)

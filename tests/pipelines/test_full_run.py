@@ -19,7 +19,8 @@ def test_full_pipeline_produces_every_row_and_one_mlflow_run(tiny_full_run):
     table = pd.read_csv(kedro_project / "data/08_reporting/evaluation_metrics.csv")
     test = table[table["split"] == "test"]
     expected_models = {"pop", "mf", "lightgcn", "sasrec", "bert4rec", "autoregressive (constrained)",
-                       "autoregressive (unconstrained)", "tokenrec", "tokenrec (unseen_prompt)", "tokenrec (user_only)"}
+                       "autoregressive (unconstrained)", "tokenrec", "tokenrec (unseen_prompt)", "tokenrec (user_only)",
+                       "tokenrec (paper)"}
     for group in ("seen", "unseen"):
         assert set(test.loc[test["user_group"] == group, "model"]) == expected_models
     assert set(test["metric"]) == {f"{m}@{k}" for m in ("HR", "NDCG") for k in (10, 20, 30)}
