@@ -240,6 +240,7 @@ def write_job(
     backend: str = "auto",
     mlflow_run_id: str | None = None,
     mlflow_tracking_uri: str | None = None,
+    curves_prefix: str = CURVES_PREFIX,
 ) -> Path:
     """Write ``job`` (and where rank 0 logs to MLflow) to ``work_dir`` for the workers; returns the folder.
 
@@ -272,7 +273,7 @@ def write_job(
         "train_config": asdict(job.train_config),
         "device": job.device,
         "backend": backend,
-        "mlflow": {"run_id": mlflow_run_id, "tracking_uri": mlflow_tracking_uri},
+        "mlflow": {"run_id": mlflow_run_id, "tracking_uri": mlflow_tracking_uri, "curves_prefix": curves_prefix},
     }
     if job.user_tokenizer is not None:
         job.user_tokenizer.save(folder / USER_TOKENIZER_DIR)
@@ -373,8 +374,10 @@ def train_distributed(
     settings: DistributedSettings,
     mlflow_run_id: str | None = None,
     mlflow_tracking_uri: str | None = None,
+    curves_prefix: str = CURVES_PREFIX,
 ) -> tuple[LLM4Rec, pd.DataFrame]:
-    """Write the job, run it under ``torchrun``, return rank 0's model and the epoch history.
+    """Write the job, run it under ``torchrun``, return rank 0's model and the epoch history (rank 0 logs the
+    epoch records live under ``curves_prefix``).
 
     The model is loaded with :func:`~tokenrec_pipeline.models.llm4rec.load_llm4rec`, the catalog's load path
     for ``llm4rec_model``. A temporary job folder is removed after success and kept after a failure.
@@ -382,7 +385,7 @@ def train_distributed(
     # The workers check too; failing here saves starting them.
     check_global_batch(job.train_config.batch_size, int(settings.nproc_per_node) * int(settings.nnodes))
     folder = Path(settings.work_dir) if settings.work_dir else Path(tempfile.mkdtemp(prefix="llm4rec-ddp-"))
-    write_job(folder, job, settings.backend, mlflow_run_id, mlflow_tracking_uri)
+    write_job(folder, job, settings.backend, mlflow_run_id, mlflow_tracking_uri, curves_prefix)
     launch_workers(folder, settings)
     if not (folder / MODEL_DIR).is_dir():
         raise DistributedTrainingError(f"The DDP job finished without writing {folder / MODEL_DIR}.")
@@ -415,7 +418,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def mlflow_epoch_logger(run_id: str, tracking_uri: str | None) -> Callable[[dict[str, float]], None]:
+def mlflow_epoch_logger(run_id: str, tracking_uri: str | None,
+                        prefix: str = CURVES_PREFIX) -> Callable[[dict[str, float]], None]:
     """Log each epoch record into the existing run ``run_id`` (names as in-process: ``llm4rec.train.*``).
 
     Through ``MlflowClient`` rather than ``start_run``: ending a started run would mark the parent
@@ -428,7 +432,7 @@ def mlflow_epoch_logger(run_id: str, tracking_uri: str | None) -> Callable[[dict
 
     def log(record: dict[str, float]) -> None:
         timestamp = int(time.time() * 1000)
-        curves = history_to_mlflow(pd.DataFrame([record]), CURVES_PREFIX)
+        curves = history_to_mlflow(pd.DataFrame([record]), prefix)
         metrics = [Metric(key, point["value"], timestamp, point["step"]) for key, points in curves.items()
                    for point in points]
         client.log_batch(run_id, metrics=metrics)
@@ -456,7 +460,9 @@ def run_worker(work_dir: str | os.PathLike[str]) -> None:
         group = ProcessGroup.current(device)
         job.device = str(device)
         run_id = launch["mlflow"]["run_id"]
-        on_epoch_end = mlflow_epoch_logger(run_id, launch["mlflow"]["tracking_uri"]) if group.is_main and run_id else None
+        prefix = launch["mlflow"].get("curves_prefix", CURVES_PREFIX)
+        on_epoch_end = (mlflow_epoch_logger(run_id, launch["mlflow"]["tracking_uri"], prefix)
+                        if group.is_main and run_id else None)
         if group.is_main:
             logger.info("DDP job: %d processes, backend %s, device %s.", group.world_size, dist.get_backend(), device)
         model, result = fit_llm4rec(job, distributed=True, on_epoch_end=on_epoch_end)

@@ -16,7 +16,8 @@ Pieces, all usable without Kedro:
 * :class:`BackboneAdapter` -- any Hugging Face checkpoint (hub id or local folder, ``AutoModel``/
   ``AutoTokenizer``) pooled to one vector per prompt: encoder-only models mean-pool the last hidden state
   over non-pad tokens; encoder-decoder models (T5) take the decoder's hidden state at the decoder start
-  token (as the authors do) or mean-pool the encoder; decoder-only models take the hidden state of the
+  token (one decoder position; the authors' code instead runs a fixed multi-token decoder prompt and flattens
+  all of its positions into their projection layer) or mean-pool the encoder; decoder-only models take the hidden state of the
   last non-pad token (left or right padding).
 * :func:`add_recommendation_tokens` -- adds the ID tokens to the tokenizer and the embedding matrix.
 * :class:`LLM4Rec` -- backbone + projection head; :func:`build_llm4rec` assembles it from a
@@ -186,8 +187,9 @@ class BackboneAdapter(nn.Module):
         model: An ``AutoModel`` (no LM head), possibly wrapped by peft.
         tokenizer: Its tokenizer (any; a BERT WordPiece tokenizer works for a random model of any kind).
         kind: "encoder", "encoder_decoder" or "decoder"; ``None``/"auto" detects it from ``model.config``.
-        t5_pooling: For encoder-decoder models: "decoder" (hidden state of the decoder at its start token,
-            the authors' choice) or "encoder" (mean of the encoder states, cheaper: no decoder pass).
+        t5_pooling: For encoder-decoder models: "decoder" (hidden state of the decoder at its start token; the
+            authors flatten every position of a fixed multi-token decoder prompt instead) or "encoder" (mean of
+            the encoder states, cheaper: no decoder pass).
         max_length: Prompts are truncated to this many tokens.
         truncation_side: "right" or "left" (left keeps the end of long prompts).
     """
@@ -327,7 +329,8 @@ class BackboneAdapter(nn.Module):
                 hidden = base.get_encoder()(**inputs, attention_mask=attention_mask).last_hidden_state
                 return _masked_mean(hidden, attention_mask)
             # A fixed one-token decoder prompt: the decoder start token. Its hidden state attends to the whole
-            # encoded prompt through cross-attention and is the authors' h_i.
+            # encoded prompt through cross-attention and serves as h_i (the authors' code projects the
+            # flattened states of a longer fixed decoder prompt; one position keeps h_i the backbone's width).
             decoder_input_ids = torch.full(
                 (input_ids.shape[0], 1), self.decoder_start_token_id(), dtype=torch.long, device=input_ids.device
             )

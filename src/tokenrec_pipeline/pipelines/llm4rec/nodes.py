@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 
 import mlflow
 import pandas as pd
@@ -52,12 +53,21 @@ def resolve_recipe(llm4rec: dict, paper_overrides: dict, recipe: str | None = No
 
 def _training_prompts(train_prompts: pd.DataFrame, fold_in_train_prompts: pd.DataFrame,
                       training: dict) -> tuple[pd.DataFrame, dict]:
-    """The train table ``llm4rec.training.train_user_tokens`` names, and the training parameters without it."""
+    """The train table ``llm4rec.training.train_user_tokens`` names, and the training parameters without the
+    two keys this stage resolves itself: ``train_user_tokens`` and ``samples_per_user`` (prompts per epoch =
+    ``samples_per_user`` x users with a training prompt, so the budget grows with the data; it replaces
+    ``samples_per_epoch`` when set)."""
     training = dict(training)
     source = training.pop("train_user_tokens", "full_graph")
     if source not in TRAIN_USER_TOKENS:
         raise ValueError(f"llm4rec.training.train_user_tokens must be one of {list(TRAIN_USER_TOKENS)}, got {source!r}.")
-    return (fold_in_train_prompts if source == "prefix_fold_in" else train_prompts), training
+    prompts = fold_in_train_prompts if source == "prefix_fold_in" else train_prompts
+    per_user = training.pop("samples_per_user", None)
+    if per_user is not None:
+        if not isinstance(per_user, (int, float)) or per_user <= 0:
+            raise ValueError(f"llm4rec.training.samples_per_user must be a positive number or null, got {per_user!r}.")
+        training["samples_per_epoch"] = max(1, math.ceil(float(per_user) * prompts["user_id"].nunique()))
+    return prompts, training
 
 
 def _train(train_prompts: pd.DataFrame, fold_in_train_prompts: pd.DataFrame, valid_prompts: pd.DataFrame,
@@ -80,7 +90,8 @@ def _train(train_prompts: pd.DataFrame, fold_in_train_prompts: pd.DataFrame, val
     if settings.enabled:
         run = mlflow.active_run()
         run_id = run.info.run_id if run is not None else None
-        model, history = train_distributed(job, settings, run_id, mlflow.get_tracking_uri() if run_id else None)
+        model, history = train_distributed(job, settings, run_id, mlflow.get_tracking_uri() if run_id else None,
+                                           curves_prefix)
         curves = {} if run_id else history_to_mlflow(history, curves_prefix)
     else:
         model, result = fit_llm4rec(job)

@@ -62,9 +62,9 @@ def prepare_requests(recommendation_requests: pd.DataFrame, interactions_split: 
 def recommend_items(llm4rec_model: LLM4Rec, item_index: ItemIndex, recommendation_prompts: pd.DataFrame,
                     item_map: pd.DataFrame, top_k: int) -> pd.DataFrame:
     """Top-K items per request in one pass (no beam search), history excluded, real items only."""
-    k = int(top_k)
-    if k < 1:
-        raise ValueError(f"recommend.top_k must be >= 1, got {top_k!r}.")
+    if isinstance(top_k, bool) or not float(top_k).is_integer() or int(top_k) < 1:
+        raise ValueError(f"recommend.top_k must be an integer >= 1, got {top_k!r}.")
+    k = min(int(top_k), item_index.ntotal)  # more than the catalogue cannot be returned
     ids, scores = retrieve(llm4rec_model, item_index, list(recommendation_prompts["prompt"]),
                            [list(h) for h in recommendation_prompts["history"]], k)
     original = item_map.set_index("item_id")["original_item"].astype(str)
