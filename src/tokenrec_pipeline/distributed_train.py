@@ -18,8 +18,8 @@ work folder -- never into the catalog, so a failed job leaves the catalog's mode
 
 Work folder layout: ``job.json`` (token vocabularies, model/training/launch settings, MLflow run),
 ``train_prompts.parquet``, ``valid_prompts.parquet``, ``tensors.safetensors`` (item vectors and token
-codeword vectors), ``user_tokenizer/`` (when the head decodes user codes); written by rank 0: ``history.csv``, ``model/`` (``LLM4Rec.save_pretrained``); written by a
-failing rank: ``errors/rank<R>.json``.
+codeword vectors), ``user_tokenizer/`` (when the head decodes user codes); written by rank 0: ``history.csv``,
+``model/`` (``LLM4Rec.save_pretrained``); written by a failing rank: ``errors/rank<R>.json``.
 """
 
 from __future__ import annotations

@@ -139,7 +139,8 @@ class TokenRecPipelineModel(KedroPipelineModel):
             catalog[f"params:{name}"] = MemoryDataset(value)
         catalog[self.input_name] = MemoryDataset(model_input, copy_mode="assign")
         try:
-            output = SequentialRunner().run(pipeline=self.pipeline, catalog=catalog, hook_manager=_create_hook_manager())
+            output = SequentialRunner().run(pipeline=self.pipeline, catalog=catalog,
+                                            hook_manager=_create_hook_manager())
         except (LookupError, ValueError, TypeError) as error:  # the request's fault: say why, no traceback
             raise MlflowException(f"{type(error).__name__}: {error}", INVALID_PARAMETER_VALUE) from None
         return output[self.output_name].load()

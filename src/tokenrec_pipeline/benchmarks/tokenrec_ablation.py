@@ -68,7 +68,8 @@ VARIANTS: dict[str, dict] = {
 # How each dataset is read (runtime parameters over conf/base) and where its files are in --shared-data.
 DATASETS: dict[str, dict] = {
     "synthetic": {"dataset": "synthetic"},
-    "lastfm": {"dataset": "sequences", "ingestion.sequences.path": "{shared}/tokenrec_processed/LastFM/user_sequence.txt"},
+    "lastfm": {"dataset": "sequences",
+               "ingestion.sequences.path": "{shared}/tokenrec_processed/LastFM/user_sequence.txt"},
     "beauty": {"dataset": "sequences", "ingestion.sequences.path": "{shared}/amazon-beauty/sequential_data.txt"},
     "ml-100k": {"dataset": "ml-100k"},
 }
@@ -158,7 +159,32 @@ def run_variant(data: dict, params: dict, variant: str) -> dict:
         for metric in ("HR@20", "NDCG@20"):
             row[f"{group}_{metric}"] = float(wide.loc[("tokenrec", group), metric])
     row["seen_user_only_HR@20"] = float(wide.loc[("tokenrec (user_only)", "seen"), "HR@20"])
+    row["id_token_cos_initial_final"] = id_token_drift(model, data, params, llm4rec)
     return row
+
+
+def _id_token_rows(model) -> torch.Tensor:
+    """(T, H) input embeddings of the ID tokens as the forward pass reads them."""
+    if model.id_embeddings is not None:
+        return model.id_embeddings.weight.detach().float().cpu()
+    weight = model.backbone.base_model.get_input_embeddings().weight
+    return weight.detach()[torch.as_tensor(model.new_token_ids, device=weight.device)].float().cpu()
+
+
+def id_token_drift(model, data: dict, params: dict, llm4rec: dict) -> float:
+    """Mean cos(initial, trained) of the ID-token embeddings (1.0: they did not move). The initial rows come
+    from building the same model again (same seed and config)."""
+    from tokenrec_pipeline.models.llm4rec import LLM4RecConfig, build_llm4rec
+    from tokenrec_pipeline.models.tokenrec import id_token_vocabularies
+
+    prefixes = params["tokenizer"]["user"]["token_prefix"], params["tokenizer"]["item"]["token_prefix"]
+    vocab = id_token_vocabularies(data["user.tokenizer"], data["item.tokenizer"], *prefixes)
+    item_vectors = data["cf_embeddings"]["item_embeddings"]
+    config = LLM4RecConfig.from_dict({**llm4rec["model"], "cf_dim": int(item_vectors.shape[1]), "seed": params["seed"]})
+    initial = build_llm4rec(config, vocab["user_tokens"], vocab["item_tokens"], vocab["user_token_vectors"],
+                            vocab["item_token_vectors"], device="cpu", user_tokenizer=data["user.tokenizer"],
+                            item_vectors=item_vectors)
+    return float(torch.nn.functional.cosine_similarity(_id_token_rows(initial), _id_token_rows(model), dim=1).mean())
 
 
 def baseline_rows(data: dict) -> list[dict]:

@@ -17,8 +17,8 @@ Pieces, all usable without Kedro:
   ``AutoTokenizer``) pooled to one vector per prompt: encoder-only models mean-pool the last hidden state
   over non-pad tokens; encoder-decoder models (T5) take the decoder's hidden state at the decoder start
   token (one decoder position; the authors' code instead runs a fixed multi-token decoder prompt and flattens
-  all of its positions into their projection layer) or mean-pool the encoder; decoder-only models take the hidden state of the
-  last non-pad token (left or right padding).
+  all of its positions into their projection layer) or mean-pool the encoder; decoder-only models take the
+  hidden state of the last non-pad token (left or right padding).
 * :func:`add_recommendation_tokens` -- adds the ID tokens to the tokenizer and the embedding matrix.
 * :class:`LLM4Rec` -- backbone + projection head; :func:`build_llm4rec` assembles it from a
   :class:`LLM4RecConfig`, optionally with LoRA (peft).

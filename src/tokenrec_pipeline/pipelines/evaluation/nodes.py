@@ -37,9 +37,10 @@ def evaluate_tokenrec(llm4rec_model: LLM4Rec, item_index: ItemIndex, test_prompt
     n_items = int(interactions_split["item_id"].max()) + 1
     item_vectors = item_vectors_from_index(item_index, n_items)
     if item_vectors.shape[1] != llm4rec_model.space_dim:
-        raise ValueError(f"item_index holds {item_vectors.shape[1]}-dimensional vectors but the language model scores in "
-                         f"a {llm4rec_model.space_dim}-dimensional {llm4rec_model.config.item_space!r} space: they come "
-                         "from different runs; rerun `kedro run --pipeline=full` (or from the indexing stage).")
+        raise ValueError(f"item_index holds {item_vectors.shape[1]}-dimensional vectors but the language model "
+                         f"scores in a {llm4rec_model.space_dim}-dimensional {llm4rec_model.config.item_space!r} "
+                         "space: they come from different runs; rerun `kedro run --pipeline=full` (or from the "
+                         "indexing stage).")
     return evaluate_prompt_variants(llm4rec_model, test_prompts, item_vectors)
 
 
