@@ -236,6 +236,9 @@ def main(argv: list[str] | None = None) -> None:
         started = time.perf_counter()
         data = run_upstream(params, args.shared_data)
         print(f"{dataset}: data, CF models, tokenizers and prompts in {time.perf_counter() - started:.0f}s", flush=True)
+        for side in data["tokenizer_diagnostics"].to_dict("records"):
+            print(f"{dataset}: {side['side']} tokens ({side['quantizer']}): collision rate "
+                  f"{side.get('collision_rate', float('nan')):.4f}", flush=True)
         rows += [{"dataset": dataset, **row} for row in baseline_rows(data)]
         for variant in args.variants:
             row = {"dataset": dataset, **run_variant(data, params, variant)}
