@@ -97,7 +97,7 @@ def test_fold_in_train_prompts_never_see_the_target_or_later_items():
     def run(embeddings):
         return build_prompts(split, users, items, embeddings, fitted, params, tokenizer, "mean", 0)
 
-    train, fold_in, valid, test = run(cf)
+    train, fold_in, valid, _ = run(cf)
     assert len(fold_in) == len(train) == 3 and fold_in["target_item"].tolist() == [1, 2, 5]
     assert (fold_in.drop(columns="prompt").astype(str) == train.drop(columns="prompt").astype(str)).all().all()
     for row in fold_in.itertuples():

@@ -10,10 +10,9 @@ slice cannot vouch for a consistent set of artefacts); a slice that does have al
 
 from __future__ import annotations
 
+import importlib
 import logging
 from typing import Any
-
-import importlib
 
 import numpy as np
 from kedro.framework.hooks import _create_hook_manager
@@ -125,7 +124,7 @@ class TokenRecPipelineModel(KedroPipelineModel):
     """
 
     # No type hints on purpose: MLflow reads predict's hints as an input schema and warns about these.
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+    def predict(self, context, model_input, params=None):
         """Run the recommend pipeline on ``model_input`` (request table) with validated ``params``."""
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
