@@ -23,6 +23,7 @@ def test_unknown_items_error_or_skip(caplog):
     with pytest.raises(UnknownIdError, match=r"\['zz'\]"):
         map_history(("a", "zz"), ids, "error", "history:0")
     assert map_history(("a", "zz", "b"), ids, "skip", "history:0") == [0, 1]
+    assert map_history(("b",) * 1000 + ("a", "b"), ids, "error", "history:0") == [1, 0]  # repeats count once
     assert "zz" in caplog.text
     with pytest.raises(UnknownIdError, match="no known item"):
         map_history(("zz",), ids, "skip", "history:0")

@@ -101,7 +101,10 @@ def requests_from_frame(requests: pd.DataFrame) -> list[Request]:
 
 
 def map_history(items: tuple[str, ...], item_ids: pd.Series, on_unknown: str, request_id: str) -> list[int]:
-    """Original item ids -> contiguous ids; unknown ones raise (``error``) or are dropped (``skip``)."""
+    """Original item ids -> contiguous ids; unknown ones raise (``error``) or are dropped (``skip``).
+
+    A repeated item counts once, at its first position, as preprocessing counts interactions (implicit
+    feedback): otherwise 1,000 copies of one item would fold in to a user vector sqrt(1000) times too long."""
     known = [item_ids[i] for i in items if i in item_ids.index]
     unknown = [i for i in items if i not in item_ids.index]
     if unknown:
@@ -111,7 +114,7 @@ def map_history(items: tuple[str, ...], item_ids: pd.Series, on_unknown: str, re
         logger.warning("%s; skipped.", message)
     if not known:
         raise UnknownIdError(f"{request_id}: no known item in the history; cannot place this user.")
-    return [int(i) for i in known]
+    return list(dict.fromkeys(int(i) for i in known))
 
 
 def new_user_tokens(histories: list[list[int]], cf_embeddings: dict, user_tokenizer: FittedTokenizer,
