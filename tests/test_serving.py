@@ -47,3 +47,11 @@ def test_request_table_round_trip_and_its_errors():
         requests_from_frame(pd.DataFrame({"items": ["1"]}))
     with pytest.raises(ValueError, match="empty"):
         requests_from_frame(pd.DataFrame({"user": []}))
+
+
+def test_recommend_items_names_top_k_for_any_bad_value():
+    from tokenrec_pipeline.pipelines.recommend.nodes import recommend_items
+
+    for bad in ("ten", 2.7, 0, True, None):
+        with pytest.raises(ValueError, match="recommend.top_k must be an integer >= 1"):
+            recommend_items(None, None, pd.DataFrame(), pd.DataFrame(), bad)

@@ -22,6 +22,8 @@ from kedro.runner import SequentialRunner
 from kedro_mlflow.mlflow import KedroPipelineModel
 from kedro_mlflow.pipeline.pipeline_ml import KedroMlflowPipelineMLError, PipelineML
 
+from tokenrec_pipeline.serving import ON_UNKNOWN_ITEM
+
 logger = logging.getLogger(__name__)
 
 
@@ -98,8 +100,8 @@ def check_request_params(params: dict[str, Any] | None, fixed: dict[str, Any] | 
             raise MlflowException(f"recommend.top_k must be an integer from 1 to {max_top_k}, got {value!r}.",
                                   INVALID_PARAMETER_VALUE)
         params["recommend.top_k"] = int(value)
-    if "recommend.on_unknown_item" in params and params["recommend.on_unknown_item"] not in ("error", "skip"):
-        raise MlflowException(f"recommend.on_unknown_item must be 'error' or 'skip', got "
+    if "recommend.on_unknown_item" in params and params["recommend.on_unknown_item"] not in ON_UNKNOWN_ITEM:
+        raise MlflowException(f"recommend.on_unknown_item must be one of {list(ON_UNKNOWN_ITEM)}, got "
                               f"{params['recommend.on_unknown_item']!r}.", INVALID_PARAMETER_VALUE)
     return params
 

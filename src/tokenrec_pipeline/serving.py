@@ -26,6 +26,10 @@ from tokenrec_pipeline.prompts import PromptConfig, render_prompt
 logger = logging.getLogger(__name__)
 
 
+ON_UNKNOWN_ITEM = ("error", "skip")
+"""Values of ``recommend.on_unknown_item``: fail on an unknown item id, or drop it with a warning."""
+
+
 class UnknownIdError(ValueError):
     """A request names ids the trained artefacts do not know."""
 
@@ -175,6 +179,7 @@ def add_new_items(index: ItemIndex, item_users: list[list[int]], new_item_ids: n
     vectors = fold_in_item_embeddings(cf_embeddings["user_fold_in_basis"], item_users, cf_embeddings["user_degree"])
     vectors = vectors * cf_embeddings["item_fold_in_scale"]
     # Into the index's space (cosine, or MIPS with the training catalogue's largest norm).
-    index = add_items(index, items_for_index(vectors, index.dim, cf_embeddings["item_embeddings"]).numpy(), new_item_ids)
+    placed = items_for_index(vectors, index.dim, cf_embeddings["item_embeddings"])
+    index = add_items(index, placed.numpy(), new_item_ids)
     tokens = codes_to_token_strings(np.asarray(item_tokenizer.encode(vectors)), item_prefix)
     return index, vectors, tokens

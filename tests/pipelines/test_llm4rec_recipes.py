@@ -8,7 +8,7 @@ import yaml
 
 from tests.conftest import PROJECT_ROOT
 from tokenrec_pipeline.models.llm4rec import LLM4RecConfig, TrainConfig
-from tokenrec_pipeline.pipelines.llm4rec.nodes import _training_prompts, resolve_recipe
+from tokenrec_pipeline.pipelines.llm4rec.nodes import resolve_recipe, select_training_prompts
 
 
 def _shipped() -> tuple[dict, dict]:
@@ -21,7 +21,7 @@ def test_shipped_recipes_are_valid_and_differ_only_where_the_paper_block_says() 
     default, paper_recipe = resolve_recipe(llm4rec, paper), resolve_recipe(llm4rec, paper, "paper")
     for recipe in (default, paper_recipe):
         LLM4RecConfig.from_dict({**recipe["model"], "cf_dim": 64})
-        training = _training_prompts(pd.DataFrame({"user_id": [0]}), pd.DataFrame({"user_id": [0]}),
+        training = select_training_prompts(pd.DataFrame({"user_id": [0]}), pd.DataFrame({"user_id": [0]}),
                                      recipe["training"])[1]
         TrainConfig.from_dict(training)
     assert (default["model"]["item_space"], default["model"]["head"]) == ("mips", "residual_user")
@@ -38,12 +38,12 @@ def test_shipped_recipes_are_valid_and_differ_only_where_the_paper_block_says() 
 def test_training_prompts_follow_train_user_tokens_and_scale_with_users() -> None:
     own = pd.DataFrame({"user_id": [0, 0, 1, 2], "prompt": ["a", "b", "c", "d"]})
     folded = own.assign(prompt=["A", "B", "C", "D"])
-    prompts, training = _training_prompts(own, folded, {"train_user_tokens": "prefix_fold_in", "samples_per_user": 2,
+    prompts, training = select_training_prompts(own, folded, {"train_user_tokens": "prefix_fold_in", "samples_per_user": 2,
                                                         "samples_per_epoch": 10, "epochs": 1})
     assert prompts is folded and training == {"samples_per_epoch": 6, "epochs": 1}  # 2 x 3 users
-    prompts, training = _training_prompts(own, folded, {"train_user_tokens": "full_graph", "samples_per_epoch": 10})
+    prompts, training = select_training_prompts(own, folded, {"train_user_tokens": "full_graph", "samples_per_epoch": 10})
     assert prompts is own and training == {"samples_per_epoch": 10}
     with pytest.raises(ValueError, match="train_user_tokens"):
-        _training_prompts(own, folded, {"train_user_tokens": "graph"})
+        select_training_prompts(own, folded, {"train_user_tokens": "graph"})
     with pytest.raises(ValueError, match="samples_per_user"):
-        _training_prompts(own, folded, {"samples_per_user": 0})
+        select_training_prompts(own, folded, {"samples_per_user": 0})

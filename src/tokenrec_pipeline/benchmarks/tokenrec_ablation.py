@@ -45,7 +45,7 @@ from tokenrec_pipeline.datasets import RawDataDirectory
 from tokenrec_pipeline.models.evaluation import metrics_wide
 from tokenrec_pipeline.models.tokenrec import evaluate_prompt_variants
 from tokenrec_pipeline.pipelines import cf_pretraining, ingestion, preprocessing, prompting, tokenization
-from tokenrec_pipeline.pipelines.llm4rec.nodes import _train, resolve_recipe
+from tokenrec_pipeline.pipelines.llm4rec.nodes import resolve_recipe, train_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def run_variant(data: dict, params: dict, variant: str) -> dict:
     """Train and evaluate one variant; one result row."""
     llm4rec = variant_parameters(params, variant)
     started = time.perf_counter()
-    model, history, _ = _train(
+    model, history, _ = train_recipe(
         data["train_prompts"], data["fold_in_train_prompts"], data["valid_prompts"], data["cf_embeddings"],
         data["user.tokenizer"], data["item.tokenizer"], params["tokenizer"], llm4rec, params["seed"],
         "ablation", f"LLM4Rec ({variant})")

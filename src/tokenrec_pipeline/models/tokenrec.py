@@ -35,8 +35,9 @@ def id_token_vocabularies(user_tokenizer: FittedTokenizer, item_tokenizer: Fitte
 
 def evaluate_prompts(model: LLM4Rec, prompts: pd.DataFrame, item_vectors: torch.Tensor,
                      batch_size: int = 64) -> RankingResult:
-    """Protocol metrics of one prompt table: z = LLM4Rec(prompt), cosine against every item,
-    the row's history excluded, its target ranked."""
+    """Protocol metrics of one prompt table: the model's unit query per prompt scored against every item's
+    vector in the model's item space (``item_vectors``: ``model.items_in_space(cf_vectors)`` or the index's
+    vectors), the row's history excluded, its target ranked."""
     # Thousands of prompts take minutes on CPU: show progress.
     z = model.encode_prompts(list(prompts["prompt"]), batch_size=batch_size, show_progress=True)
     histories = [np.asarray(h, dtype=np.int64) for h in prompts["history"]]

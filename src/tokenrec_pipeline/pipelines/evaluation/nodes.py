@@ -13,13 +13,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from tokenrec_pipeline.datasets import SkippedModel  # noqa: E402
 from tokenrec_pipeline.models.evaluation import metrics_wide  # noqa: E402
 from tokenrec_pipeline.models.item_index import ItemIndex  # noqa: E402
 from tokenrec_pipeline.models.llm4rec import LLM4Rec  # noqa: E402
 from tokenrec_pipeline.models.significance import SIGNIFICANCE_COLUMNS, significance_table  # noqa: E402
 from tokenrec_pipeline.models.tokenrec import evaluate_prompt_variants, item_vectors_from_index, time_retrieval  # noqa: E402
 from tokenrec_pipeline.paper_reference import paper_beside, paper_rows  # noqa: E402
-from tokenrec_pipeline.datasets import SkippedModel  # noqa: E402
 from tokenrec_pipeline.pipelines.cf_pretraining.nodes import (  # noqa: E402
     BASELINES,
     enabled_baselines,

@@ -14,7 +14,8 @@ logger = logging.getLogger(__name__)
 
 def build_index(cf_embeddings: dict, llm4rec_model: LLM4Rec, indexing: dict, seed: int) -> ItemIndex:
     """A faiss cosine index (inner product on unit vectors) over every item's CF vector in the language
-    model's item space (cosine: q / |q|; MIPS: the augmented unit vectors), keyed by item id. ``indexing.faiss_factory`` picks exact ``Flat`` (default) or an approximate ``IVF<nlist>,Flat`` /
+    model's item space (cosine: q / |q|; MIPS: the augmented unit vectors), keyed by item id.
+    ``indexing.faiss_factory`` picks exact ``Flat`` (default) or an approximate ``IVF<nlist>,Flat`` /
     ``HNSW<M>`` index with ``indexing.search_params`` (``nprobe`` / ``efSearch``); IVF lists are trained on
     the item vectors with ``seed``. GPU when faiss-gpu and CUDA are present (``indexing.use_gpu: auto``)."""
     vectors = llm4rec_model.items_in_space(cf_embeddings["item_embeddings"]).numpy()

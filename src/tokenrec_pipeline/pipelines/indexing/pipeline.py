@@ -6,5 +6,5 @@ from .nodes import build_index
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    return Pipeline([Node(build_index, ["cf_embeddings", "llm4rec_model", "params:indexing", "params:seed"], "item_index",
-                          name="build_item_index")])
+    return Pipeline([Node(build_index, ["cf_embeddings", "llm4rec_model", "params:indexing", "params:seed"],
+                          "item_index", name="build_item_index")])

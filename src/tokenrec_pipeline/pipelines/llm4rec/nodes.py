@@ -51,7 +51,7 @@ def resolve_recipe(llm4rec: dict, paper_overrides: dict, recipe: str | None = No
     return resolved
 
 
-def _training_prompts(train_prompts: pd.DataFrame, fold_in_train_prompts: pd.DataFrame,
+def select_training_prompts(train_prompts: pd.DataFrame, fold_in_train_prompts: pd.DataFrame,
                       training: dict) -> tuple[pd.DataFrame, dict]:
     """The train table ``llm4rec.training.train_user_tokens`` names, and the training parameters without the
     two keys this stage resolves itself: ``train_user_tokens`` and ``samples_per_user`` (prompts per epoch =
@@ -70,13 +70,17 @@ def _training_prompts(train_prompts: pd.DataFrame, fold_in_train_prompts: pd.Dat
     return prompts, training
 
 
-def _train(train_prompts: pd.DataFrame, fold_in_train_prompts: pd.DataFrame, valid_prompts: pd.DataFrame,
-           cf_embeddings: dict, user_tokenizer: FittedTokenizer, item_tokenizer: FittedTokenizer, tokenizer: dict,
-           llm4rec: dict, seed: int, curves_prefix: str, name: str) -> tuple[LLM4Rec, pd.DataFrame, dict]:
+def train_recipe(train_prompts: pd.DataFrame, fold_in_train_prompts: pd.DataFrame, valid_prompts: pd.DataFrame,
+                 cf_embeddings: dict, user_tokenizer: FittedTokenizer, item_tokenizer: FittedTokenizer,
+                 tokenizer: dict, llm4rec: dict, seed: int, curves_prefix: str,
+                 name: str) -> tuple[LLM4Rec, pd.DataFrame, dict]:
+    """Train one resolved ``llm4rec`` block (:func:`resolve_recipe`), in-process or as a DDP job; returns the
+    model, its per-epoch history and the MLflow curves under ``curves_prefix`` (``name`` labels the log line).
+    The two nodes below are this with the default and the paper's recipe (the ablation benchmark calls it too)."""
     item_vectors = cf_embeddings["item_embeddings"]
     vocab = id_token_vocabularies(user_tokenizer, item_tokenizer, tokenizer["user"]["token_prefix"],
                                   tokenizer["item"]["token_prefix"])
-    prompts, training = _training_prompts(train_prompts, fold_in_train_prompts, llm4rec["training"])
+    prompts, training = select_training_prompts(train_prompts, fold_in_train_prompts, llm4rec["training"])
     job = LLM4RecJob(
         train_prompts=prompts, valid_prompts=valid_prompts, item_vectors=item_vectors,
         user_tokens=vocab["user_tokens"], item_tokens=vocab["item_tokens"],
@@ -131,7 +135,7 @@ def train_llm4rec_model(
     Returns:
         (llm4rec_model, llm4rec_training_history, llm4rec_training_curves)
     """
-    return _train(train_prompts, fold_in_train_prompts, valid_prompts, cf_embeddings, user_tokenizer,
+    return train_recipe(train_prompts, fold_in_train_prompts, valid_prompts, cf_embeddings, user_tokenizer,
                   item_tokenizer, tokenizer, resolve_recipe(llm4rec, llm4rec_paper), seed, CURVES_PREFIX, "LLM4Rec")
 
 
@@ -153,6 +157,6 @@ def train_paper_llm4rec_model(
     if not baseline_enabled("tokenrec_paper", enabled):
         logger.info("tokenrec_paper is off (not in baselines.enabled): the paper's recipe is not trained.")
         return SkippedModel(), pd.DataFrame(columns=["epoch"]), {}
-    return _train(train_prompts, fold_in_train_prompts, valid_prompts, cf_embeddings, user_tokenizer,
+    return train_recipe(train_prompts, fold_in_train_prompts, valid_prompts, cf_embeddings, user_tokenizer,
                   item_tokenizer, tokenizer, resolve_recipe(llm4rec, llm4rec_paper, "paper"), seed,
                   PAPER_CURVES_PREFIX, "LLM4Rec (paper recipe)")

@@ -13,6 +13,7 @@ from tokenrec_pipeline.models.tokenizers import FittedTokenizer
 from tokenrec_pipeline.models.tokenrec import retrieve
 from tokenrec_pipeline.prompts import PromptConfig
 from tokenrec_pipeline.serving import (
+    ON_UNKNOWN_ITEM,
     Request,
     UnknownIdError,
     add_new_items,
@@ -50,8 +51,8 @@ def prepare_requests(recommendation_requests: pd.DataFrame, interactions_split: 
                      on_unknown_item: str, seed: int) -> pd.DataFrame:
     """One prompt per request: a known user's tokens and recent items, or a new user's tokens from
     their history (fold-in + the fitted user tokenizer, no retraining)."""
-    if on_unknown_item not in ("error", "skip"):
-        raise ValueError(f"recommend.on_unknown_item must be 'error' or 'skip', got {on_unknown_item!r}.")
+    if on_unknown_item not in ON_UNKNOWN_ITEM:
+        raise ValueError(f"recommend.on_unknown_item must be one of {list(ON_UNKNOWN_ITEM)}, got {on_unknown_item!r}.")
     return build_request_prompts(
         requests_from_frame(recommendation_requests), interactions_split, user_map, item_map, user_tokens, item_tokens,
         cf_embeddings, user_tokenizer, PromptConfig.from_params(prompting, seed), tokenizer["user"]["token_prefix"],
@@ -62,7 +63,11 @@ def prepare_requests(recommendation_requests: pd.DataFrame, interactions_split: 
 def recommend_items(llm4rec_model: LLM4Rec, item_index: ItemIndex, recommendation_prompts: pd.DataFrame,
                     item_map: pd.DataFrame, top_k: int) -> pd.DataFrame:
     """Top-K items per request in one pass (no beam search), history excluded, real items only."""
-    if isinstance(top_k, bool) or not float(top_k).is_integer() or int(top_k) < 1:
+    try:
+        whole = not isinstance(top_k, bool) and float(top_k).is_integer() and int(top_k) >= 1
+    except (TypeError, ValueError):
+        whole = False
+    if not whole:
         raise ValueError(f"recommend.top_k must be an integer >= 1, got {top_k!r}.")
     k = min(int(top_k), item_index.ntotal)  # more than the catalogue cannot be returned
     ids, scores = retrieve(llm4rec_model, item_index, list(recommendation_prompts["prompt"]),
