@@ -1476,24 +1476,44 @@ def run_training_loop(
     best_state: dict[str, torch.Tensor] | None = None
     epochs_without_improvement = 0
     started = time.perf_counter()
-    if validate_fn is not None and config.validate_before_training:
-        # Epoch 0: the untrained model is a candidate checkpoint (a good start can be kept).
-        model.eval()
-        metrics = dict(validate_fn(model))
-        record = {"epoch": 0.0, "loss": float("nan"), "lr": 0.0, "samples": 0.0}
-        if group.is_main:
-            if monitor not in metrics:
-                raise KeyError(f"validate_fn returned {sorted(metrics)}, which lacks the monitored metric {monitor!r}.")
-            record.update({key: float(value) for key, value in metrics.items()})
-        record["seconds"] = time.perf_counter() - started
-        record = group.broadcast(record)
+
+    def close_epoch(epoch: int, record: dict[str, float], epoch_started: float) -> bool:
+        """Validate, decide improvement on rank 0, track the best weights, log; True when patience ran out."""
+        nonlocal best_state, epochs_without_improvement
+        if validate_fn is not None:
+            model.eval()
+            metrics = dict(validate_fn(model))  # every rank: validation may be sharded
+            if group.is_main:
+                if monitor not in metrics:
+                    raise KeyError(
+                        f"validate_fn returned {sorted(metrics)}, which lacks the monitored metric {monitor!r}."
+                    )
+                record.update({key: float(value) for key, value in metrics.items()})
+        record["seconds"] = time.perf_counter() - epoch_started
+        improved = group.is_main and (
+            best_state is None
+            or (mode == "max" and record[monitor] > result.best_score + config.min_delta)
+            or (mode == "min" and record[monitor] < result.best_score - config.min_delta)
+        )
+        record, improved = group.broadcast((record, improved))  # decided once, on rank 0
         result.history.append(record)
-        result.best_epoch, result.best_score = 0, record[monitor]
-        best_state = {key: p.detach().to("cpu", copy=True) for key, p in trainable} if config.restore_best else {}
+        score = record[monitor]
+        if improved:
+            result.best_epoch, result.best_score = epoch, score
+            epochs_without_improvement = 0
+            best_state = {key: p.detach().to("cpu", copy=True) for key, p in trainable} if config.restore_best else {}
+        else:
+            epochs_without_improvement += 1
         if group.is_main:
-            log.info("%s before training: %s %.4f (%.1fs)", name, monitor, record[monitor], record["seconds"])
+            log.info("%s epoch %d/%d: loss %.4f, %s %.4f%s (%.1fs)", name, epoch, config.epochs, record["loss"],
+                     monitor, score, " *" if improved else "", record["seconds"])
             if on_epoch_end is not None:
                 on_epoch_end(record)
+        return config.patience is not None and epochs_without_improvement >= config.patience
+
+    if validate_fn is not None and config.validate_before_training:
+        # Epoch 0, before any step: the untrained model is a candidate checkpoint (a good start can be kept).
+        close_epoch(0, {"epoch": 0.0, "loss": float("nan"), "lr": 0.0, "samples": 0.0}, started)
     for epoch in range(1, config.epochs + 1):
         epoch_started = time.perf_counter()
         model.train()
@@ -1529,55 +1549,9 @@ def run_training_loop(
             progress.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}")
         progress.close()
         loss_sum, seen_total = group.sum([loss_sum, seen])
-
-        record: dict[str, float] = {
-            "epoch": float(epoch),
-            "loss": loss_sum / seen_total,
-            "lr": float(scheduler.get_last_lr()[0]),
-            "samples": float(seen_total),
-        }
-        if validate_fn is not None:
-            model.eval()
-            metrics = dict(validate_fn(model))
-            if group.is_main:
-                if monitor not in metrics:
-                    raise KeyError(
-                        f"validate_fn returned {sorted(metrics)}, which lacks the monitored metric {monitor!r}."
-                    )
-                record.update({key: float(value) for key, value in metrics.items()})
-        record["seconds"] = time.perf_counter() - epoch_started
-        improved = group.is_main and (
-            best_state is None
-            or (mode == "max" and record[monitor] > result.best_score + config.min_delta)
-            or (mode == "min" and record[monitor] < result.best_score - config.min_delta)
-        )
-        record, improved = group.broadcast((record, improved))  # decided once, on rank 0
-        result.history.append(record)
-        score = record[monitor]
-        if improved:
-            result.best_epoch, result.best_score = epoch, score
-            epochs_without_improvement = 0
-            if config.restore_best:
-                best_state = {key: p.detach().to("cpu", copy=True) for key, p in trainable}
-            else:
-                best_state = {}
-        else:
-            epochs_without_improvement += 1
-        if group.is_main:
-            log.info(
-                "%s epoch %d/%d: loss %.4f, %s %.4f%s (%.1fs)",
-                name,
-                epoch,
-                config.epochs,
-                record["loss"],
-                monitor,
-                score,
-                " *" if improved else "",
-                record["seconds"],
-            )
-            if on_epoch_end is not None:
-                on_epoch_end(record)
-        if config.patience is not None and epochs_without_improvement >= config.patience:
+        record = {"epoch": float(epoch), "loss": loss_sum / seen_total, "lr": float(scheduler.get_last_lr()[0]),
+                  "samples": float(seen_total)}
+        if close_epoch(epoch, record, epoch_started):
             result.stopped_early = epoch < config.epochs
             break
 
