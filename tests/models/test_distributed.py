@@ -72,7 +72,9 @@ def _job(folder: str, **training: object) -> LLM4RecJob:
                                    max_length=32),
         train_config=TrainConfig(**{"epochs": 2, "batch_size": 8, "samples_per_epoch": 17, "learning_rate": 1e-3,
                                     "head_learning_rate": 1e-2, "num_negatives": 2, "patience": None,
-                                    "restore_best": False, "show_progress": False, "num_threads": 1, **training}),
+                                    "restore_best": False, "show_progress": False, "num_threads": 1,
+                                    # fp32: the comparison is exact to 1e-5; bf16 rounding would hide a bug
+                                    "precision": "fp32", **training}),
         device="cpu",
     )
 

@@ -27,7 +27,6 @@ from tokenrec_pipeline.models.llm4rec import (  # noqa: E402
     LLM4Rec,
     LLM4RecConfig,
     TrainConfig,
-    _autocast_dtype,
     add_recommendation_tokens,
     build_llm4rec,
     detect_backbone_kind,
@@ -394,11 +393,45 @@ def test_negatives_avoid_target_and_history() -> None:
         sample_negatives(torch.tensor([0]), 3, 1, generator, exclude=pad_histories([[1, 2]]))
 
 
-def test_mixed_precision_is_cuda_only() -> None:
-    assert _autocast_dtype("auto", torch.device("cpu")) is None
-    assert _autocast_dtype("bf16", torch.device("cpu")) is None
-    with pytest.raises(ValueError):
-        _autocast_dtype("fp8", torch.device("cpu"))
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_reduced_precision_inference_ranks_like_fp32(tiny_backbones: dict[str, str], precision: str) -> None:
+    """bf16 autocast and int8 dynamic quantisation give nearly the fp32 queries (the same item ranks first)."""
+    model = _build(tiny_backbones["bert"])
+    _one_step(model)
+    prompts = [f"user <u1-{u % 4}> bought <i1-{i}><i2-{i}><i3-{i}>" for u in range(6) for i in range(3)]
+    fp32 = model.encode_prompts(prompts, batch_size=4, precision="fp32")
+    reduced = model.encode_prompts(prompts, batch_size=4, precision=precision)
+    assert reduced.dtype == torch.float32 and reduced.shape == fp32.shape
+    assert F.cosine_similarity(reduced, fp32, dim=1).min() > 0.98
+    assert not torch.equal(reduced, fp32)  # the reduced path really ran
+    items = torch.randn(50, fp32.shape[1], generator=torch.Generator().manual_seed(1))
+    agreement = ((reduced @ items.T).argmax(1) == (fp32 @ items.T).argmax(1)).float().mean()
+    assert agreement >= 0.8
+
+
+def test_int8_copy_is_rebuilt_after_a_weight_change(tiny_backbones: dict[str, str]) -> None:
+    model = _build(tiny_backbones["bert"])
+    first = model.encode_prompts(PROMPTS, batch_size=2, precision="int8")
+    again = model.encode_prompts(PROMPTS, batch_size=2, precision="int8")
+    torch.testing.assert_close(first, again, atol=0, rtol=0)  # cached copy, same answer
+    assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in model.__dict__["_int8_copy"][1].modules())
+    assert not any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in model.modules())  # model untouched
+    _one_step(model)
+    after = model.encode_prompts(PROMPTS, batch_size=2, precision="int8")
+    fp32_after = model.encode_prompts(PROMPTS, batch_size=2, precision="fp32")
+    assert F.cosine_similarity(after, fp32_after, dim=1).min() > 0.98  # quantised from the new weights
+    assert not torch.allclose(after, first)
+
+
+def test_saved_model_keeps_its_inference_precision(tiny_backbones: dict[str, str], tmp_path: Path) -> None:
+    model = _build(tiny_backbones["bert"], inference_precision="int8")
+    model.save_pretrained(tmp_path / "m")
+    loaded = load_llm4rec(tmp_path / "m", device="cpu")
+    assert loaded.config.inference_precision == "int8"
+    default = loaded.encode_prompts(PROMPTS, batch_size=2)
+    torch.testing.assert_close(default, loaded.encode_prompts(PROMPTS, batch_size=2, precision="int8"))
+    with pytest.raises(ValueError, match="llm4rec.model.inference_precision must be one of"):
+        LLM4RecConfig(inference_precision="fp8")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -406,7 +439,8 @@ def test_mixed_precision_is_cuda_only() -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def test_training_learns_a_toy_task(tiny_backbones: dict[str, str]) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_learns_a_toy_task(tiny_backbones: dict[str, str], precision: str) -> None:
     """Each prompt names its target's token; after a few seconds of training the target ranks first."""
     n_items = 8
     items = F.normalize(torch.randn(n_items, CF_DIM, generator=torch.Generator().manual_seed(0)), dim=-1)
@@ -428,7 +462,7 @@ def test_training_learns_a_toy_task(tiny_backbones: dict[str, str]) -> None:
     result = train_llm4rec(
         model, prompts, targets, items,
         TrainConfig(epochs=30, batch_size=8, learning_rate=3e-3, num_negatives=4, monitor="hr@1", patience=4,
-                    show_progress=False, seed=0),
+                    show_progress=False, seed=0, precision=precision),
         validate_fn=hit_rate, on_epoch_end=records.append,
     )
     assert records == result.history and len(records) >= 2

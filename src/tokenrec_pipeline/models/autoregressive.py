@@ -79,8 +79,6 @@ from tokenrec_pipeline.models.llm4rec import (
     BackboneAdapter,
     LoopConfig,
     TrainResult,
-    _autocast,
-    _autocast_dtype,
     _dataclass_from_dict,
     _forward_parameters,
     _torch_dtype,
@@ -94,6 +92,7 @@ from tokenrec_pipeline.models.llm4rec import (
     run_training_loop,
     staged_folder,
 )
+from tokenrec_pipeline.models.precision import autocast, check_precision, int8_copy, resolve_precision
 from tokenrec_pipeline.models.tokenizers.tokens import ITEM_TOKEN_PREFIX, token_vocabulary
 
 logger = logging.getLogger(__name__)
@@ -307,6 +306,8 @@ class AutoregressiveConfig:
         token_init_scale: See :func:`~tokenrec_pipeline.models.llm4rec.add_recommendation_tokens`.
         dtype: Backbone weight dtype ("float32", "bfloat16", "float16", "auto"); the head stays float32.
         seed: Seeds token initialisation and the head.
+        inference_precision: "auto" | "fp32" | "bf16" | "fp16" | "int8" of :meth:`AutoregressiveRecommender.generate`
+            (resolved where the model runs; see :mod:`tokenrec_pipeline.models.precision`).
     """
 
     backbone: str = DEFAULT_BACKBONE
@@ -326,6 +327,12 @@ class AutoregressiveConfig:
     token_init_scale: float = 0.5
     dtype: str = "float32"
     seed: int = 0
+    inference_precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        self.inference_precision = check_precision(
+            self.inference_precision, inference=True, parameter="autoregressive.model.inference_precision"
+        )
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> AutoregressiveConfig:
@@ -996,7 +1003,7 @@ class AutoregressiveRecommender(nn.Module):
         exclude: Sequence[Sequence[int]] | None = None,
         batch_size: int = 64,
         show_progress: bool = False,
-        mixed_precision: str = "no",
+        precision: str | None = None,
     ) -> GenerationOutput:
         """Beam-search the top tuples for each prompt (eval mode, no gradients).
 
@@ -1009,7 +1016,7 @@ class AutoregressiveRecommender(nn.Module):
             exclude: Optional per-prompt item ids (the history) never to complete.
             batch_size: Prompts per batch (sorted by length to limit padding; results in input order).
             show_progress: tqdm bar over batches.
-            mixed_precision: As in :meth:`LLM4Rec.encode_prompts` (CUDA only).
+            precision: "auto" | "fp32" | "bf16" | "fp16" | "int8"; ``None``: ``config.inference_precision``.
 
         Returns:
             :class:`GenerationOutput` with N rows.
@@ -1035,7 +1042,11 @@ class AutoregressiveRecommender(nn.Module):
         out_scores = np.full((n, num_return), NEG_INF, dtype=np.float32)
         out_leaves = np.full((n, num_return), -1, dtype=np.int64)
         order = sorted(range(n), key=lambda i: len(prompts[i]))
-        autocast_dtype = _autocast_dtype(mixed_precision, self.device)
+        resolved = resolve_precision(
+            self.config.inference_precision if precision is None else precision, self.device, inference=True,
+            parameter="autoregressive.model.inference_precision" if precision is None else "precision",
+        )
+        model = int8_copy(self) if resolved == "int8" else self
         was_training = self.training
         self.eval()
         try:
@@ -1043,8 +1054,8 @@ class AutoregressiveRecommender(nn.Module):
                 rows = order[start : start + batch_size]
                 batch = self.backbone.tokenize([prompts[i] for i in rows])
                 dead = {} if exclude is None else self._dead_nodes(trie, exclude, rows, mode == "constrained")
-                with _autocast(self.device, autocast_dtype):
-                    codes, scores, leaves = self._beam_search_batch(
+                with autocast(self.device, resolved):
+                    codes, scores, leaves = model._beam_search_batch(
                         batch, trie, beam_size, num_return, mode == "constrained", dead
                     )
                 width = scores.shape[1]  # < num_return only when L^K is smaller than the beam
@@ -1309,11 +1320,11 @@ def _train(
 ) -> TrainResult:
     """Body of :func:`train_autoregressive`; ``target_codes`` is (N, K)."""
     setup = prepare_training(model, config, len(prompts), validate_fn)
-    device, autocast_dtype = setup.device, setup.autocast_dtype
+    device, precision = setup.device, setup.precision
 
     def batch_loss(rows: Tensor) -> Tensor:
         batch = model.backbone.tokenize([prompts[i] for i in rows.tolist()])
-        with _autocast(device, autocast_dtype):
+        with autocast(device, precision):
             return model.loss(
                 **batch, target_codes=target_codes[rows].to(device), label_smoothing=config.label_smoothing
             )

@@ -69,6 +69,7 @@ from tokenrec_pipeline.models.item_space import (
     space_dim,
 )
 from tokenrec_pipeline.models.tokenizers import FittedTokenizer, load_tokenizer
+from tokenrec_pipeline.models.precision import autocast, check_precision, int8_copy, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -607,6 +608,9 @@ class LLM4RecConfig:
             (:class:`~tokenrec_pipeline.models.id_tokens.IdTokenEmbeddings`; its own learning rate, no decay)
             instead of as rows of the backbone's embedding matrix.
         seed: Seeds token initialisation and the projection head.
+        inference_precision: "auto" | "fp32" | "bf16" | "fp16" | "int8" of :meth:`LLM4Rec.encode_prompts`
+            (validation, evaluation, the index, ``recommend`` and the MLflow model); resolved where the model
+            runs (:func:`~tokenrec_pipeline.models.precision.resolve_precision`).
 
     The dataclass defaults are the paper's recipe (and what models saved before these options meant); the
     project's defaults live in ``conf/base/parameters_llm4rec.yml``.
@@ -634,9 +638,13 @@ class LLM4RecConfig:
     head: str = "plain"
     id_token_table: bool = False
     seed: int = 0
+    inference_precision: str = "fp32"
 
     def __post_init__(self) -> None:
         check_item_space(self.item_space)
+        self.inference_precision = check_precision(
+            self.inference_precision, inference=True, parameter="llm4rec.model.inference_precision"
+        )
         if self.head not in HEADS:
             raise ValueError(f"llm4rec.model.head must be one of {list(HEADS)}, got {self.head!r}.")
 
@@ -740,33 +748,46 @@ class LLM4Rec(nn.Module):
             z = z + self.user_decoder(input_ids)
         return z
 
+    def inference_precision(self, precision: str | None = None) -> str:
+        """The precision :meth:`encode_prompts` runs at here (``precision`` overrides the model's setting)."""
+        setting = self.config.inference_precision if precision is None else precision
+        parameter = "llm4rec.model.inference_precision" if precision is None else "precision"
+        return resolve_precision(setting, self.device, inference=True, parameter=parameter)
+
     def encode_prompts(
         self,
         prompts: Sequence[str],
         batch_size: int = 64,
         show_progress: bool = False,
-        mixed_precision: str = "no",
+        precision: str | None = None,
     ) -> torch.Tensor:
         """z for each prompt as a unit query of the model's item space, in eval mode without gradients.
 
         Prompts are batched in order of length (less padding), results come back in input order.
 
+        Args:
+            prompts: N prompt strings.
+            batch_size: Prompts per forward pass.
+            show_progress: tqdm bar over batches.
+            precision: "auto" | "fp32" | "bf16" | "fp16" | "int8"; ``None``: ``config.inference_precision``.
+
         Returns:
             (N, d') float32 tensor on the CPU (``d' = d`` for "cosine", ``d + 1`` for "mips").
         """
         prompts = list(prompts)  # positional access even for a pandas Series with a non-default index
+        resolved = self.inference_precision(precision)
         was_training = self.training
         self.eval()
+        model = int8_copy(self) if resolved == "int8" else self
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         output = torch.empty(len(prompts), self.space_dim, dtype=torch.float32)
-        autocast_dtype = _autocast_dtype(mixed_precision, self.device)
         try:
             with torch.no_grad():
                 for start in tqdm(range(0, len(order), batch_size), disable=not show_progress, desc="encode"):
                     rows = order[start : start + batch_size]
                     batch = self.backbone.tokenize([prompts[i] for i in rows])
-                    with _autocast(self.device, autocast_dtype):
-                        z = self(**batch)
+                    with autocast(self.device, resolved):
+                        z = model(**batch)
                     output[rows] = queries_to_space(z.float(), self.config.item_space).cpu()
         finally:
             self.train(was_training)
@@ -1125,7 +1146,8 @@ class LoopConfig:
         max_grad_norm: Gradient clipping norm (0 disables).
         samples_per_epoch: Random subset of training prompts per epoch (``None``: all), for slow CPUs; under
             DDP the subset is shared out, so each of its prompts is seen once per epoch by one process.
-        mixed_precision: "auto" (bf16 if supported, else fp16; CUDA only), "bf16", "fp16" or "no".
+        precision: "auto" | "fp32" | "bf16" | "fp16" autocast of the forward pass (``models.precision``: auto =
+            bf16 on CUDA with bf16 and on CPUs with AVX512-BF16/AMX, fp16 on older GPUs, fp32 elsewhere).
         monitor: Metric for early stopping / best checkpoint ("loss" without a validation function).
         monitor_mode: "max" or "min".
         patience: Epochs without improvement before stopping (``None``: never stop early).
@@ -1150,7 +1172,7 @@ class LoopConfig:
     lr_scheduler: str = "linear"
     max_grad_norm: float = 1.0
     samples_per_epoch: int | None = None
-    mixed_precision: str = "auto"
+    precision: str = "auto"
     monitor: str = "ndcg@20"
     monitor_mode: str = "max"
     patience: int | None = 2
@@ -1235,21 +1257,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def _autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    """Mixed precision only on CUDA: CPU autocast is slower than float32 on most CPUs."""
-    if setting not in ("auto", "bf16", "fp16", "no"):
-        raise ValueError(f"mixed_precision must be 'auto', 'bf16', 'fp16' or 'no', got {setting!r}.")
-    if device.type != "cuda" or setting == "no":
-        return None
-    if setting == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if setting == "bf16" else torch.float16
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
 
 
 @dataclass(frozen=True)
@@ -1353,7 +1360,7 @@ class TrainingSetup:
         generator: Seeded CPU generator of the epoch subsets (and of anything else the batch loss samples).
         per_epoch, steps_per_epoch: Prompts and optimisation steps per epoch.
         optimizer, scheduler, scaler: AdamW, the transformers learning-rate schedule, the fp16 grad scaler.
-        autocast_dtype: Mixed-precision dtype (``None``: float32).
+        precision: The resolved training precision ("fp32", "bf16" or "fp16"; ``models.precision``).
         trainable: ``(name, parameter)`` pairs that require gradients.
         group: This process's place in the job (rank 0 of 1 when not distributed).
         forward_model: What the batch loss calls for the training forward pass: the model itself, or its
@@ -1369,7 +1376,7 @@ class TrainingSetup:
     steps_per_epoch: int
     optimizer: torch.optim.Optimizer
     scheduler: Any
-    autocast_dtype: torch.dtype | None
+    precision: str
     scaler: torch.amp.GradScaler
     trainable: list[tuple[str, nn.Parameter]]
     group: ProcessGroup = field(default_factory=ProcessGroup)
@@ -1411,8 +1418,8 @@ def prepare_training(
         num_warmup_steps=int(round(config.warmup_ratio * total_steps)),
         num_training_steps=total_steps,
     )
-    autocast_dtype = _autocast_dtype(config.mixed_precision, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
+    precision = resolve_precision(config.precision, device, inference=False, parameter=f"{config.PARAMETERS}.precision")
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     forward_model = model
     if group.distributed:
@@ -1431,7 +1438,7 @@ def prepare_training(
         steps_per_epoch=steps_per_epoch,
         optimizer=optimizer,
         scheduler=scheduler,
-        autocast_dtype=autocast_dtype,
+        precision=precision,
         scaler=scaler,
         trainable=trainable,
         group=group,
@@ -1644,7 +1651,7 @@ def _train(
     use_history = histories is not None and config.exclude_history_from_negatives
     history_table = pad_histories(histories) if use_history else None  # type: ignore[arg-type]
     setup = prepare_training(model, config, n_samples, validate_fn, distributed)
-    device, generator, autocast_dtype = setup.device, setup.generator, setup.autocast_dtype
+    device, generator, precision = setup.device, setup.generator, setup.precision
     space = model.config.item_space
     unit_items = model.items_in_space(item_vectors).to(device)  # (I, d') unit vectors of the item space
     negatives = torch.zeros((n_samples, config.num_negatives), dtype=torch.long)
@@ -1662,7 +1669,7 @@ def _train(
 
     def batch_loss(rows: torch.Tensor) -> torch.Tensor:
         batch = model.backbone.tokenize([prompts[i] for i in rows.tolist()])
-        with _autocast(device, autocast_dtype):
+        with autocast(device, precision):
             z = setup.forward_model(**batch)
         query = queries_to_space(z.float(), space)  # cos(query, item) is the score the index ranks by
         if config.loss == "softmax":
