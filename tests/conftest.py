@@ -26,7 +26,7 @@ TINY = {
                 "training": {"epochs": 1, "batch_size": 16, "samples_per_epoch": 32, "samples_per_user": None,
                              "num_threads": 1}},
     "autoregressive": {"training": {"epochs": 1, "batch_size": 16, "samples_per_epoch": 32, "num_threads": 1},
-                       "valid_prompts": 16},
+                       "validation": {"max_users": 16}},
     "evaluation": {"latency_users": 16, "latency_single_users": 2},
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -110,3 +111,20 @@ def test_fold_in_train_prompts_never_see_the_target_or_later_items():
         scrambled[later] = torch.randn(len(later), 4, generator=torch.Generator().manual_seed(row.Index)) * 50
         assert run({**cf, "item_fold_in_basis": scrambled})[1].loc[row.Index, "prompt"] == row.prompt
     assert np.array_equal(valid["prompt"], run(cf)[2]["prompt"])  # valid / test keep the users' own tokens
+
+
+def test_validation_subsample_is_seeded_and_keeps_whole_users() -> None:
+    from tokenrec_pipeline.prompts import sample_prompt_users
+
+    prompts = pd.DataFrame({"user_id": np.repeat(np.arange(50), 2), "prompt": [f"p{i}" for i in range(100)]})
+    first = sample_prompt_users(prompts, 10, seed=3, parameter="llm4rec.validation.max_users")
+    again = sample_prompt_users(prompts, 10, seed=3, parameter="llm4rec.validation.max_users")
+    assert first["user_id"].nunique() == 10 and len(first) == 20  # both prompts of each drawn user
+    pd.testing.assert_frame_equal(first, again)  # the same users every epoch / run
+    assert list(first.index) == sorted(first.index)  # row order kept
+    assert sample_prompt_users(prompts, 10, seed=4, parameter="x")["user_id"].tolist() != first["user_id"].tolist()
+    assert sample_prompt_users(prompts, None, seed=3, parameter="x") is prompts
+    assert len(sample_prompt_users(prompts, 500, seed=3, parameter="x")) == 100
+    for bad in (0, -1, 2.5, True, "10"):
+        with pytest.raises(ValueError, match="llm4rec.validation.max_users must be a positive integer or null"):
+            sample_prompt_users(prompts, bad, seed=3, parameter="llm4rec.validation.max_users")

@@ -179,3 +179,24 @@ def with_row_user_tokens(prompts: pd.DataFrame, user_tokens: pd.Series, row_toke
     # User and item tokens have distinct prefixes, so the user's token string occurs only where {user} was.
     out["prompt"] = [prompt.replace(before, after) for prompt, before, after in zip(prompts["prompt"], old, row_tokens)]
     return out
+
+
+def sample_prompt_users(prompts: pd.DataFrame, max_users: int | None, seed: int, parameter: str) -> pd.DataFrame:
+    """The prompts of at most ``max_users`` users, drawn once with ``seed`` (so early stopping compares epochs
+    on the same users); all prompts when ``max_users`` is ``None`` or covers every user. Row order is kept.
+
+    Args:
+        prompts: A prompt table with a ``user_id`` column (validation: one prompt per user).
+        max_users: Users to keep (``None``: all).
+        seed: Seeds the draw.
+        parameter: The parameter's name, for the error message.
+    """
+    if max_users is None:
+        return prompts
+    if isinstance(max_users, bool) or not isinstance(max_users, (int, np.integer)) or max_users < 1:
+        raise ValueError(f"{parameter} must be a positive integer or null, got {max_users!r}.")
+    users = prompts["user_id"].drop_duplicates().to_numpy()
+    if len(users) <= max_users:
+        return prompts
+    kept = np.random.default_rng(seed).choice(users, size=int(max_users), replace=False)
+    return prompts[prompts["user_id"].isin(kept)]

@@ -29,6 +29,7 @@ from tokenrec_pipeline.models.evaluation import METRIC_COLUMNS, RANK_COLUMNS, me
 from tokenrec_pipeline.models.tokenizers import FittedTokenizer
 from tokenrec_pipeline.models.tokenrec import id_token_vocabularies
 from tokenrec_pipeline.pipelines.cf_pretraining.nodes import baseline_enabled
+from tokenrec_pipeline.prompts import sample_prompt_users
 from tokenrec_pipeline.reporting import history_to_mlflow
 
 logger = logging.getLogger(__name__)
@@ -98,10 +99,9 @@ def train_autoregressive_model(
                                  vocab["item_token_vectors"], device=autoregressive.get("device"))
     trie = CodeTrie(codes, config.codebook_size)
     beam = int(autoregressive.get("beam_size", 20))
-    valid = _full_prompts(valid_prompts, "valid_prompts")
-    n_valid = autoregressive.get("valid_prompts")
-    if n_valid is not None and len(valid) > int(n_valid):
-        valid = valid.sample(int(n_valid), random_state=seed)
+    valid = sample_prompt_users(_full_prompts(valid_prompts, "valid_prompts"),
+                                (autoregressive.get("validation") or {}).get("max_users"), seed,
+                                "autoregressive.validation.max_users")
     v_prompts, v_users, v_histories, v_targets = _decode_rows(valid)
 
     def validate(current: AutoregressiveRecommender) -> dict[str, float]:

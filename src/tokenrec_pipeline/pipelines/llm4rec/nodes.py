@@ -26,6 +26,7 @@ from tokenrec_pipeline.models.llm4rec import LLM4Rec, LLM4RecConfig, TrainConfig
 from tokenrec_pipeline.models.tokenizers import FittedTokenizer
 from tokenrec_pipeline.models.tokenrec import id_token_vocabularies
 from tokenrec_pipeline.pipelines.cf_pretraining.nodes import baseline_enabled
+from tokenrec_pipeline.prompts import sample_prompt_users
 from tokenrec_pipeline.reporting import history_to_mlflow
 
 logger = logging.getLogger(__name__)
@@ -81,8 +82,14 @@ def train_recipe(train_prompts: pd.DataFrame, fold_in_train_prompts: pd.DataFram
     vocab = id_token_vocabularies(user_tokenizer, item_tokenizer, tokenizer["user"]["token_prefix"],
                                   tokenizer["item"]["token_prefix"])
     prompts, training = select_training_prompts(train_prompts, fold_in_train_prompts, llm4rec["training"])
+    # Early stopping on a fixed, seeded subset of the validation users (the test always scores everyone).
+    max_users = (llm4rec.get("validation") or {}).get("max_users")
+    valid = sample_prompt_users(valid_prompts, max_users, seed, "llm4rec.validation.max_users")
+    if len(valid) < len(valid_prompts):
+        logger.info("%s: validating each epoch on %d of %d validation users (llm4rec.validation.max_users).", name,
+                    valid["user_id"].nunique(), valid_prompts["user_id"].nunique())
     job = LLM4RecJob(
-        train_prompts=prompts, valid_prompts=valid_prompts, item_vectors=item_vectors,
+        train_prompts=prompts, valid_prompts=valid, item_vectors=item_vectors,
         user_tokens=vocab["user_tokens"], item_tokens=vocab["item_tokens"],
         user_token_vectors=vocab["user_token_vectors"], item_token_vectors=vocab["item_token_vectors"],
         model_config=LLM4RecConfig.from_dict({**llm4rec["model"], "cf_dim": int(item_vectors.shape[1]), "seed": seed}),
