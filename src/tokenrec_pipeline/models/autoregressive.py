@@ -1322,15 +1322,19 @@ def _train(
     setup = prepare_training(model, config, len(prompts), validate_fn)
     device, precision = setup.device, setup.precision
 
+    token_ids = model.backbone.token_ids(prompts)  # once, not every epoch
+    lengths = torch.tensor([len(ids) for ids in token_ids])
+
     def batch_loss(rows: Tensor) -> Tensor:
-        batch = model.backbone.tokenize([prompts[i] for i in rows.tolist()])
+        batch = model.backbone.collate([token_ids[i] for i in rows.tolist()])
         with autocast(device, precision):
             return model.loss(
                 **batch, target_codes=target_codes[rows].to(device), label_smoothing=config.label_smoothing
             )
 
     return run_training_loop(
-        model, len(prompts), batch_loss, setup, validate_fn, on_epoch_end, "autoregressive", log=logger
+        model, len(prompts), batch_loss, setup, validate_fn, on_epoch_end, "autoregressive", log=logger,
+        lengths=lengths,
     )
 
 

@@ -303,6 +303,18 @@ class BackboneAdapter(nn.Module):
         device = self.device
         return {"input_ids": encoded["input_ids"].to(device), "attention_mask": encoded["attention_mask"].to(device)}
 
+    def token_ids(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Each prompt's token ids, truncated to ``max_length`` and unpadded: tokenise a training set once,
+        then :meth:`collate` each batch (the same tensors :meth:`tokenize` gives)."""
+        return self.tokenizer(list(prompts), truncation=True, max_length=self.max_length)["input_ids"]
+
+    def collate(self, token_ids: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        """Pad pre-tokenised prompts (:meth:`token_ids`) to the batch's longest, on the tokenizer's padding side,
+        onto the model device; returns what :meth:`tokenize` returns."""
+        padded = self.tokenizer.pad({"input_ids": [list(ids) for ids in token_ids]}, padding=True, return_tensors="pt")
+        device = self.device
+        return {"input_ids": padded["input_ids"].to(device), "attention_mask": padded["attention_mask"].to(device)}
+
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, inputs_embeds: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -1157,6 +1169,8 @@ class LoopConfig:
         restore_best: Load the best epoch's weights back at the end.
         seed: Seeds sampling, dropout (``seed + rank`` under DDP) and the epoch subsets.
         show_progress: tqdm progress bar per epoch.
+        length_bucketing: Cut each epoch's batches from runs of about 50 batches sorted by prompt length, then
+            shuffle the batches (:func:`length_bucketed_batches`): less padding, the same prompts per epoch.
         num_threads: torch intra-op threads during training (``None``: leave torch's setting). On a CPU
             shared with other processes, 1 thread is often several times faster than oversubscribing.
     """
@@ -1181,6 +1195,7 @@ class LoopConfig:
     restore_best: bool = True
     seed: int = 0
     show_progress: bool = True
+    length_bucketing: bool = False
     num_threads: int | None = None
 
     @classmethod
@@ -1446,6 +1461,31 @@ def prepare_training(
     )
 
 
+def length_bucketed_batches(
+    order: torch.Tensor, lengths: torch.Tensor, batch_size: int, generator: torch.Generator, bucket_batches: int = 50
+) -> list[torch.Tensor]:
+    """Batches of ``order`` with little padding: each run of ``bucket_batches * batch_size`` rows (in the epoch's
+    random order) is sorted by length and cut into batches, then all batches are shuffled with ``generator``.
+
+    Args:
+        order: (N,) row indices of the epoch, already shuffled.
+        lengths: (n_samples,) token length of every row.
+        batch_size: Rows per batch.
+        generator: Shuffles the batches (the same on every DDP rank, so ranks stay in step).
+        bucket_batches: Batches per sorted run (larger: less padding, batches less random).
+
+    Returns:
+        The batches; together they hold every row of ``order`` once.
+    """
+    batches: list[torch.Tensor] = []
+    run = batch_size * bucket_batches
+    for start in range(0, order.numel(), run):
+        chunk = order[start : start + run]
+        chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
+        batches.extend(chunk.split(batch_size))
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
 def run_training_loop(
     model: nn.Module,
     n_samples: int,
@@ -1456,6 +1496,7 @@ def run_training_loop(
     name: str,
     log: logging.Logger = logger,
     on_epoch_start: Callable[[torch.Tensor], None] | None = None,
+    lengths: torch.Tensor | None = None,
 ) -> TrainResult:
     """The epoch loop shared by :func:`train_llm4rec` and the autoregressive baseline's trainer.
 
@@ -1463,7 +1504,8 @@ def run_training_loop(
     ``on_epoch_start``), calls ``batch_loss(rows)`` per batch of row indices (the callable does its own
     forward pass, through ``setup.forward_model``, and autocast) and steps the optimizer (grad scaling,
     clipping, schedule); then records the epoch, validates, tracks the best epoch and stops early. ``name``
-    prefixes the progress bar and the log lines written to ``log``.
+    prefixes the progress bar and the log lines written to ``log``. With ``lengths`` (token length per row) and
+    ``config.length_bucketing`` the batches are cut by :func:`length_bucketed_batches`.
 
     Distributed (``setup.group`` has W > 1 ranks): every rank draws the same subset and cuts the same global
     batches of ``batch_size`` rows; each rank computes the loss of its shard (``ProcessGroup.shard``) weighted
@@ -1533,8 +1575,11 @@ def run_training_loop(
             disable=not (config.show_progress and group.is_main),
             desc=f"{name} epoch {epoch}",
         )
-        for start in range(0, setup.per_epoch, config.batch_size):
-            rows = order[start : start + config.batch_size]
+        if config.length_bucketing and lengths is not None:
+            batches = length_bucketed_batches(order, lengths, config.batch_size, setup.generator)
+        else:
+            batches = list(order.split(config.batch_size))
+        for rows in batches:
             local = group.shard(rows)
             if local.numel():
                 unweighted = batch_loss(local)
@@ -1667,8 +1712,11 @@ def _train(
             exclude=history_table[order] if history_table is not None else None,
         )
 
+    token_ids = model.backbone.token_ids(prompts)  # once, not every epoch
+    lengths = torch.tensor([len(ids) for ids in token_ids])
+
     def batch_loss(rows: torch.Tensor) -> torch.Tensor:
-        batch = model.backbone.tokenize([prompts[i] for i in rows.tolist()])
+        batch = model.backbone.collate([token_ids[i] for i in rows.tolist()])
         with autocast(device, precision):
             z = setup.forward_model(**batch)
         query = queries_to_space(z.float(), space)  # cos(query, item) is the score the index ranks by
@@ -1680,5 +1728,6 @@ def _train(
         )
 
     return run_training_loop(
-        model, n_samples, batch_loss, setup, validate_fn, on_epoch_end, "llm4rec", on_epoch_start=draw_negatives
+        model, n_samples, batch_loss, setup, validate_fn, on_epoch_end, "llm4rec", on_epoch_start=draw_negatives,
+        lengths=lengths,
     )

@@ -61,22 +61,60 @@ def evaluate_prompt_variants(model: LLM4Rec, test_prompts: pd.DataFrame, item_ve
 
 
 def retrieve(model: LLM4Rec, index: ItemIndex, prompts: list[str], histories: list[list[int]], k: int,
-             batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k item ids and cosine scores per prompt in one forward pass + one index search."""
-    z = model.encode_prompts(prompts, batch_size=batch_size).numpy()
+             batch_size: int = 64, precision: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k item ids and cosine scores per prompt in one forward pass + one index search (``precision``:
+    as :meth:`LLM4Rec.encode_prompts`; ``None``, the model's own)."""
+    z = model.encode_prompts(prompts, batch_size=batch_size, precision=precision).numpy()
     return search(index, z, k, exclude=histories)
 
 
 def time_retrieval(model: LLM4Rec, index: ItemIndex, prompts: list[str], histories: list[list[int]],
-                   k: int = 20, batch_size: int = 64, repeats: int = 2) -> float:
+                   k: int = 20, batch_size: int = 64, repeats: int = 2, precision: str | None = None) -> float:
     """Median milliseconds per user of :func:`retrieve` over ``repeats`` runs (after a warm-up)."""
-    retrieve(model, index, prompts[:batch_size], histories[:batch_size], k, batch_size)
+    retrieve(model, index, prompts[:batch_size], histories[:batch_size], k, batch_size, precision)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        retrieve(model, index, prompts, histories, k, batch_size)
+        retrieve(model, index, prompts, histories, k, batch_size, precision)
         times.append((time.perf_counter() - start) / max(len(prompts), 1) * 1000)
     return float(np.median(times))
+
+
+def compare_precisions(model: LLM4Rec, index: ItemIndex, prompts: list[str], histories: list[list[int]],
+                       targets: np.ndarray, precisions: list[str], k: int = 20,
+                       single_users: int = 16) -> pd.DataFrame:
+    """Speed and agreement of each inference precision on the same prompts, fp32 as the reference.
+
+    Returns:
+        One row per precision that runs on the model's device: ``precision``, ``ms_per_user`` (batch 64),
+        ``ms_per_user_batch_1`` (first ``single_users`` prompts), ``hr_at_k`` (share of prompts whose target is
+        in the top k), ``overlap_with_fp32`` (mean share of fp32's top k that this precision also returns)
+        and ``speedup_vs_fp32`` (batch 64).
+    """
+    reference, _ = retrieve(model, index, prompts, histories, k, precision="fp32")
+    rows = []
+    for precision in dict.fromkeys(["fp32", *precisions]):
+        try:
+            resolved = model.inference_precision(precision)
+        except ValueError as error:  # e.g. int8 on a GPU: not a path this device has
+            rows.append({"precision": precision, "skipped": str(error)})
+            continue
+        ids, _ = retrieve(model, index, prompts, histories, k, precision=resolved)
+        overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(ids.tolist(), reference.tolist(), strict=True)])
+        hits = np.mean([target in row for target, row in zip(targets.tolist(), ids.tolist(), strict=True)])
+        single = min(len(prompts), single_users)
+        rows.append({
+            "precision": resolved,
+            "ms_per_user": time_retrieval(model, index, prompts, histories, k, 64, precision=resolved),
+            "ms_per_user_batch_1": time_retrieval(model, index, prompts[:single], histories[:single], k, 1,
+                                                  precision=resolved),
+            f"hr_at_{k}": float(hits),
+            "overlap_with_fp32": float(overlap),
+        })
+    table = pd.DataFrame(rows).drop_duplicates("precision")
+    fp32_ms = float(table.loc[table["precision"] == "fp32", "ms_per_user"].iloc[0])
+    table["speedup_vs_fp32"] = fp32_ms / table["ms_per_user"]
+    return table.reset_index(drop=True)
 
 
 def item_vectors_from_index(index: ItemIndex, n_items: int | None = None) -> torch.Tensor:
