@@ -1,9 +1,13 @@
 """Checksum-verified downloads and safe archive extraction for public datasets.
 
 Real datasets may not be redistributed, so the project fetches them from their publishers.
-Where a publisher gives a checksum (GroupLens publishes MD5s for MovieLens) it is verified;
-where none is published we check the expected members and row counts instead and record the
-SHA-256 of what was downloaded in the run's metadata. We never invent a checksum.
+Where a publisher gives a checksum (GroupLens publishes MD5s for MovieLens) it is verified. A
+SHA-256 is verified when one is pinned in :data:`PUBLIC_SOURCES` or given by the parameter
+``ingestion.download_sha256`` (which overrides the pinned one). HetRec Last.fm and the Amazon files
+publish no checksum and the original archives were not available where this project was tested,
+so no SHA-256 is pinned for them (we never invent one): their download is checked for the expected
+members and row counts, its SHA-256 is logged and recorded in ``ingestion_metadata.json``, and a
+user pins it for later runs with ``--params=ingestion.download_sha256=<sha256>``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class RemoteSource:
     Attributes:
         url: the publisher's URL.
         md5: checksum published by the publisher, or None when none is published.
+        sha256: SHA-256 of the file this project was tested with, or None when none was available.
         members: files (paths inside the archive, or the file name for a plain file) that must
             exist after download; they are moved flat into the dataset folder.
         min_rows: minimum line count per member, a sanity check where no checksum exists.
@@ -40,6 +45,7 @@ class RemoteSource:
 
     url: str
     md5: str | None = None
+    sha256: str | None = None
     members: tuple[str, ...] = ()
     min_rows: dict[str, int] = field(default_factory=dict)
 
@@ -67,12 +73,12 @@ PUBLIC_SOURCES: dict[str, RemoteSource] = {
     ),
     # The 2014 Amazon ratings-only files (McAuley et al.) publish no checksum either.
     "beauty": RemoteSource(
-        "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/ratings_Beauty.csv",
+        "https://snap.stanford.edu/data/amazon/productGraph/categoryFiles/ratings_Beauty.csv",
         members=("ratings_Beauty.csv",),
         min_rows={"ratings_Beauty.csv": 1_000_000},
     ),
     "clothing": RemoteSource(
-        "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/"
+        "https://snap.stanford.edu/data/amazon/productGraph/categoryFiles/"
         "ratings_Clothing_Shoes_and_Jewelry.csv",
         members=("ratings_Clothing_Shoes_and_Jewelry.csv",),
         min_rows={"ratings_Clothing_Shoes_and_Jewelry.csv": 1_000_000},
@@ -113,8 +119,25 @@ def _count_lines(path: Path) -> int:
         return sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 20), b""))
 
 
-def fetch_public_dataset(name: str, folder: Path, timeout: float = 60.0) -> dict:
+def _verify_sha256(download: Path, url: str, actual: str, expected: str | None, folder: Path) -> None:
+    """Refuse a download whose SHA-256 differs from the expected one (pinned or ``ingestion.download_sha256``)."""
+    if expected is None:
+        logger.warning("No SHA-256 is pinned for %s (%s): downloaded sha256=%s. Pin it for later runs with "
+                       "--params=ingestion.download_sha256=%s", download.name, url, actual, actual)
+        return
+    if actual != expected.strip().lower():
+        raise DownloadError(
+            f"Checksum mismatch for {download.name} from {url}: SHA-256 {actual}, expected {expected} (pinned, or "
+            f"the parameter ingestion.download_sha256). The file is corrupt or the publisher changed it; nothing "
+            f"was written to {folder}. Retry, place a verified copy there, or set ingestion.download_sha256 to "
+            "the new file's SHA-256 once you trust it."
+        )
+
+
+def fetch_public_dataset(name: str, folder: Path, timeout: float = 60.0, sha256: str | None = None) -> dict:
     """Download dataset ``name`` into ``folder`` (created), verify it and return metadata.
+
+    ``sha256`` (the parameter ``ingestion.download_sha256``) replaces the pinned SHA-256 of the source.
 
     The archive is downloaded and checked in a temporary directory next to ``folder`` and the
     members are moved in only after every check passed, so ``folder`` never holds a partial file.
@@ -142,8 +165,11 @@ def fetch_public_dataset(name: str, folder: Path, timeout: float = 60.0) -> dict
                 f"the files {list(source.members)} (flat) into {folder}/ and run again."
             ) from error
 
-        sha256 = file_digest(download, "sha256")
-        metadata = {"dataset": name, "url": source.url, "sha256": sha256, "md5_verified": None}
+        sha256_actual = file_digest(download, "sha256")
+        expected_sha256 = sha256 or source.sha256
+        _verify_sha256(download, source.url, sha256_actual, expected_sha256, folder)
+        metadata = {"dataset": name, "url": source.url, "sha256": sha256_actual,
+                    "sha256_verified": expected_sha256 is not None, "md5_verified": None}
         if source.md5 is not None:
             md5 = file_digest(download, "md5")
             if md5 != source.md5:
@@ -179,5 +205,5 @@ def fetch_public_dataset(name: str, folder: Path, timeout: float = 60.0) -> dict
         for path in placed:
             os.replace(path, folder / path.name)
         metadata["files"] = [p.name for p in placed]
-        logger.info("Downloaded %s: sha256=%s, files=%s", name, sha256, metadata["files"])
+        logger.info("Downloaded %s: sha256=%s, files=%s", name, sha256_actual, metadata["files"])
         return metadata

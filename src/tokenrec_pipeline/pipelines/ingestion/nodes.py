@@ -30,6 +30,11 @@ def ingest_interactions(
     else:
         interactions, metadata = raw_data.read(dataset, ingestion)
     metadata["rows"] = int(len(interactions))
+    quality = metadata.get("data_quality") or {}
+    if quality.get("rows_dropped"):
+        logger.warning("Ingested %s: %d of %d rows dropped (%s); see ingestion_metadata.json, data_quality.",
+                       dataset, quality["rows_dropped"], quality["rows_read"],
+                       ", ".join(f"{reason}: {entry['count']}" for reason, entry in quality["dropped"].items()))
     logger.info(
         "Ingested %s: %d interactions, %d users, %d items",
         dataset, len(interactions), interactions["user"].nunique(), interactions["item"].nunique(),
