@@ -3,10 +3,12 @@
 from kedro.config import OmegaConfigLoader
 
 from tokenrec_pipeline.hooks import RunRecordHooks
+from tokenrec_pipeline.validation_hooks import ArtefactManifestHooks, MlflowRunStatusHooks, ParameterValidationHooks
 
 # kedro-mlflow registers its own hooks through its entry point; ours add the git commit and
 # the dataset statistics to the MLflow run it opens.
-HOOKS = (RunRecordHooks(),)
+# Validation (parameters first, then the input artefacts' manifest) runs before kedro-mlflow opens its run.
+HOOKS = (RunRecordHooks(), ArtefactManifestHooks(), ParameterValidationHooks(), MlflowRunStatusHooks())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

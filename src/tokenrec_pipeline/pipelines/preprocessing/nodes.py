@@ -7,6 +7,7 @@ import logging
 import pandas as pd
 
 from tokenrec_pipeline.data.preprocess import (
+    PreprocessingError,
     dataset_statistics,
     filter_k_core,
     split_by_strategy,
@@ -21,9 +22,21 @@ def make_implicit_feedback(interactions: pd.DataFrame, preprocessing: dict) -> p
     return to_implicit_feedback(interactions, preprocessing.get("rating_threshold"))
 
 
+LAYERS_DIFFER = (
+    "This run has already written interactions and implicit_interactions (data/02_intermediate), while "
+    "k_core_interactions and everything after it (data/03_primary onwards) still hold the previous run's data: "
+    "the layers now differ. Fix the parameter and rerun from ingestion (kedro run --pipeline=full) before using "
+    "those artefacts; `recommend` refuses them until then."
+)
+"""Appended to a k-core failure: the error is raised after the earlier layers were rewritten."""
+
+
 def apply_k_core(implicit_interactions: pd.DataFrame, preprocessing: dict) -> pd.DataFrame:
-    """Iterative k-core with ``preprocessing.k_core``."""
-    return filter_k_core(implicit_interactions, int(preprocessing.get("k_core", 5)))
+    """Iterative k-core with ``preprocessing.k_core``; a failure says that the data layers now differ."""
+    try:
+        return filter_k_core(implicit_interactions, int(preprocessing.get("k_core", 5)))
+    except PreprocessingError as error:
+        raise PreprocessingError(f"{error} {LAYERS_DIFFER}") from error
 
 
 def split_interactions(
