@@ -76,7 +76,7 @@ HISTORY_FILE = "history.csv"
 MODEL_DIR = "model"
 ERRORS_DIR = "errors"
 USER_TOKENIZER_DIR = "user_tokenizer"
-CURVES_PREFIX = "llm4rec.train"
+CURVES_PREFIX = "train.llm4rec"
 """MLflow name prefix of the per-epoch training records (same names in-process and distributed)."""
 
 PLAIN = {"markup": False}

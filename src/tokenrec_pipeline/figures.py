@@ -232,3 +232,38 @@ def item_projection_by_popularity(item_embeddings: np.ndarray, popularity: np.nd
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return fig
+
+
+def quantizer_comparison_figure(table: pd.DataFrame, table_name: str = "quantizer_comparison") -> go.Figure:
+    """The paper's Table VI as bars: test HR@20 / NDCG@20 of TokenRec per quantizer for seen and unseen users
+    (the best baseline's values as hatched bars beside them) and each quantizer's item / user collision rate.
+
+    ``table`` is :func:`tokenrec_pipeline.run_summary.quantizer_comparison`'s (one row per quantizer).
+    """
+    require_table(table, table_name, ("quantizer", "tokenrec seen HR@20", "tokenrec seen NDCG@20",
+                                      "item collision rate", "user collision rate"))
+    quantizers = list(table["quantizer"].astype(str))
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("Seen users (test)", "Unseen users (test)",
+                                                        "Token collisions"))
+    colours = _colours(["HR@20", "NDCG@20", "item", "user"])
+    for col, group in enumerate(("seen", "unseen"), start=1):
+        for metric in ("HR@20", "NDCG@20"):
+            fig.add_trace(go.Bar(x=quantizers, y=list(table[f"tokenrec {group} {metric}"]), name=f"TokenRec {metric}",
+                                 legendgroup=f"tokenrec {metric}", showlegend=col == 1,
+                                 marker_color=colours[metric]), row=1, col=col)
+            baseline = table.get(f"best_baseline {group} {metric}")
+            if baseline is not None and baseline.notna().any():
+                fig.add_trace(go.Bar(x=quantizers, y=list(baseline), name=f"best baseline {metric}",
+                                     legendgroup=f"baseline {metric}", showlegend=col == 1,
+                                     marker={"color": colours[metric], "opacity": 0.45, "pattern_shape": "/"}),
+                              row=1, col=col)
+        fig.update_yaxes(title_text="value (mean over users, 0–1)", row=1, col=col)
+    for side in ("item", "user"):
+        fig.add_trace(go.Bar(x=quantizers, y=list(100 * table[f"{side} collision rate"]), name=f"{side} collisions",
+                             marker_color=colours[side]), row=1, col=3)
+    fig.update_yaxes(title_text="ids sharing their K-token tuple (%)", row=1, col=3)
+    for col in (1, 2, 3):
+        fig.update_xaxes(title_text="quantizer", row=1, col=col)
+    fig.update_layout(title="Quantizers side by side (the paper's Table VI): TokenRec test HR@20 / NDCG@20, "
+                            "best baseline hatched, token collisions", barmode="group", legend_title_text="")
+    return fig

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kedro.pipeline import Pipeline
+from kedro.pipeline import Node, Pipeline
 
 from tokenrec_pipeline.mlflow_model import bind_training_to_inference
 from tokenrec_pipeline.pipelines import (
@@ -19,8 +19,17 @@ from tokenrec_pipeline.pipelines import (
     sequential_baselines,
     tokenization,
 )
+from tokenrec_pipeline.pipelines.reporting.nodes import compare_sweep_quantizers
 
 MLFLOW_MODEL_NAME = "tokenrec_recommender"
+
+SWEEP = "quantizer_sweep"
+SWEEP_QUANTIZERS = ("mq", "rqvae", "vqvae", "kmeans")
+"""The paper's Table VI substitutions, one namespace ``quantizer_sweep.<quantizer>`` each."""
+SWEEP_SHARED = {"interactions_split", "cf_embeddings", "baseline_metrics", "paper_reference",
+                "pop.ranks", "mf.ranks", "lightgcn.ranks", "sasrec.ranks", "bert4rec.ranks"}
+"""What every quantizer's branch reads from an earlier ``full`` run instead of recomputing it: the split, the CF
+embeddings and the baselines (none of them depends on the tokenizer)."""
 
 
 def _as_stage(name: str, pipeline: Pipeline) -> Pipeline:
@@ -31,6 +40,30 @@ def _as_stage(name: str, pipeline: Pipeline) -> Pipeline:
     (``llm4rec``) on its own.
     """
     return Pipeline(pipeline, namespace=name, prefix_datasets_with_namespace=False)
+
+
+def quantizer_sweep_pipeline() -> Pipeline:
+    """``kedro run --pipeline=quantizer_sweep``: tokenization -> prompting -> llm4rec -> indexing -> autoregressive
+    -> evaluation once per quantizer, each under the namespace ``quantizer_sweep.<quantizer>`` (its own artefacts,
+    and its own MLflow child run: ``RunRecordHooks``), on :data:`SWEEP_SHARED` from an earlier ``full`` run, then
+    one Table VI comparison of the branches' headlines.
+
+    Every parameter keeps its global name except ``tokenizer.quantizer``, which Kedro's namespacing turns into
+    ``quantizer_sweep.<quantizer>.tokenizer.quantizer`` (``conf/base/parameters_quantizer_sweep.yml``).
+    """
+    stages = (tokenization, prompting, llm4rec, indexing, autoregressive, evaluation)
+    branch = sum((stage.create_pipeline() for stage in stages), Pipeline([]))
+    shared = SWEEP_SHARED & branch.inputs()
+    parameters = {name: name for name in branch.inputs()
+                  if name.startswith("params:") and name != "params:tokenizer.quantizer"}
+    branches = [Pipeline(branch, namespace=f"{SWEEP}.{quantizer}", inputs=shared, parameters=parameters)
+                for quantizer in SWEEP_QUANTIZERS]
+    comparison = Pipeline([
+        Node(compare_sweep_quantizers, [f"{SWEEP}.{q}.headline_metrics" for q in SWEEP_QUANTIZERS],
+             [f"{SWEEP}.quantizer_comparison", f"{SWEEP}.quantizer_comparison_figure"],
+             name="compare_sweep_quantizers", namespace=SWEEP),
+    ])
+    return sum(branches, Pipeline([])) + comparison
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -65,5 +98,6 @@ def register_pipelines() -> dict[str, Pipeline]:
         "sequential_baselines": _as_stage("cf_pretraining", sequential_baselines.create_pipeline()),
         "recommend": _as_stage("recommend", recommend.create_pipeline()),
         "add_items": _as_stage("add_items", recommend.create_add_items_pipeline()),
+        SWEEP: quantizer_sweep_pipeline(),
     }
     return {**stages, **extra, "full": full, "__default__": full}

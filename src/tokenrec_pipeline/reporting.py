@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 
 
@@ -10,17 +12,25 @@ def mlflow_name(name: str) -> str:
     return name.replace("@", "_at_").replace(" (", ".").replace(")", "")
 
 
+def metric_key(split: str, user_group: str, model: str, metric: str) -> str:
+    """The project's one metric-name scheme for ranking metrics: ``<split>.<user_group>.<model>.<metric>``
+    (``test.seen.tokenrec.HR_at_20``, ``test.unseen.tokenrec.user_only.NDCG_at_20``): sorting by name groups a
+    split and a user group, then a model's metrics side by side."""
+    return mlflow_name(f"{split}.{user_group}.{model}.{metric}")
+
+
 def metrics_table_to_mlflow(long: pd.DataFrame) -> dict:
-    """Long metrics table (model, split, user_group, metric, value) -> ``{model.split.group.metric: value}``
-    in the layout kedro-mlflow's ``MlflowMetricsHistoryDataset`` saves."""
+    """Long metrics table (model, split, user_group, metric, value) -> ``{<split>.<group>.<model>.<metric>: value}``
+    (:func:`metric_key`) in the layout kedro-mlflow's ``MlflowMetricsHistoryDataset`` saves."""
     return {
-        mlflow_name(f"{r.model}.{r.split}.{r.user_group}.{r.metric}"): {"value": float(r.value), "step": 0}
+        metric_key(r.split, r.user_group, r.model, r.metric): {"value": float(r.value), "step": 0}
         for r in long.itertuples()
     }
 
 
 def history_to_mlflow(history: pd.DataFrame, prefix: str) -> dict:
-    """Per-epoch training history (``epoch`` + one column per quantity) -> metric histories, step = epoch."""
+    """Per-epoch training history (``epoch`` + one column per quantity) -> metric histories, step = epoch,
+    named ``<prefix>.<quantity>`` (the callers' prefix is ``train.<model>``: ``train.lightgcn.loss``)."""
     return {
         mlflow_name(f"{prefix}.{column}"): [{"value": float(v), "step": int(e)}
                                             for e, v in history[["epoch", column]].dropna().to_numpy()]
@@ -35,3 +45,16 @@ def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4f") -> str:
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + " --- |" * len(frame.columns)]
     lines += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(lines) + "\n"
+
+
+METRIC_NAME_PATTERN = re.compile(
+    r"^(headline\.)?("
+    r"(valid|test)\.(seen|unseen)\.[a-z0-9_.]+\.(HR|NDCG)_at_\d+(\.(ci_low|ci_high|p_wilcoxon|p_ttest|mean_diff))?"
+    r"|train\.[a-z0-9_]+\.\w+"
+    r"|tokenizer\.((user|item)\.\w+|fit_seconds)"
+    r"|data\.\w+\.\w+"
+    r"|latency\.\w+\.batch_\d+\.ms_per_user"
+    r")$")
+"""Every MLflow metric the project logs matches this (the scheme in ``conf/base/catalog.yml``): the scope first
+(``test``/``valid`` split and user group, ``train``, ``tokenizer``, ``data``, ``latency``, or ``headline.`` and
+one of those), never a dataset name."""

@@ -229,12 +229,12 @@ def test_disabled_sequential_baseline_is_skipped_and_its_row_dropped(planted):
         planted, params, ["pop", "sasrec"], seed=0)
     assert set(sasrec_metrics["model"]) == {"sasrec"}
     assert set(sasrec_ranks["user_group"]) == {"seen", "unseen"} and len(sasrec_history) == 2
-    assert "sasrec.train.loss" in sasrec_curves
+    assert "train.sasrec.loss" in sasrec_curves
     pop, _ = evaluate_pop(planted)
 
     long, markdown, mlflow_metrics = report_baselines(["pop", "sasrec", "bert4rec"], pop, sasrec_metrics, metrics)
     assert set(long["model"]) == {"pop", "sasrec"}
-    assert "| sasrec |" in markdown and "sasrec.test.unseen.HR_at_20" in mlflow_metrics
+    assert "| sasrec |" in markdown and "test.unseen.sasrec.HR_at_20" in mlflow_metrics
     # switching a baseline off removes its row even when its table was computed (e.g. the CF model in use)
     long, markdown, _ = report_baselines(["sasrec"], pop, sasrec_metrics, metrics)
     assert set(long["model"]) == {"sasrec"} and "| pop |" not in markdown

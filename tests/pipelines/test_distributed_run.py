@@ -43,7 +43,7 @@ def test_distributed_full_run_then_a_failing_worker_leaves_the_model_intact(kedr
     assert len(runs) == 1  # rank 0 logged into the kedro run, no run of its own
     run = runs.iloc[0]
     assert run["params.llm4rec.distributed.enabled"] == "True"
-    loss_curve = mlflow.MlflowClient().get_metric_history(run["run_id"], "llm4rec.train.loss")
+    loss_curve = mlflow.MlflowClient().get_metric_history(run["run_id"], "train.llm4rec.loss")
     assert [m.step for m in loss_curve] == [1, 2]  # logged once per epoch by rank 0, not again by the node
     np.testing.assert_allclose([m.value for m in loss_curve], history["loss"].dropna(), rtol=1e-6)
 

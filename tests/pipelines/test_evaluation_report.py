@@ -63,9 +63,9 @@ def test_report_has_significance_and_paper_columns_only_for_paper_datasets(model
     assert len(long) == 3 * 6 and set(long.columns) >= {"model", "split", "user_group", "metric", "value", "n_users"}
     assert "p Wilcoxon" in markdown and "HR@20 CI" in markdown
     assert "paper HR@20" in markdown and "0.0936" in markdown and "not directly comparable" in markdown
-    assert mlflow_metrics["lightgcn.test.seen.NDCG_at_20.p_wilcoxon"]["value"] == pytest.approx(
+    assert mlflow_metrics["test.seen.lightgcn.NDCG_at_20.p_wilcoxon"]["value"] == pytest.approx(
         significance.query("model == 'lightgcn' and metric == 'NDCG@20'")["p_wilcoxon"].item())
-    assert "tokenrec.test.seen.HR_at_20.ci_low" in mlflow_metrics
+    assert "test.seen.tokenrec.HR_at_20.ci_low" in mlflow_metrics
 
     _, synthetic_markdown, _, _ = report_evaluation(latency, significance, load_paper_reference(), "synthetic",
                                                     *metric_tables)

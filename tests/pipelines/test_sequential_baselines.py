@@ -42,6 +42,6 @@ def test_sequential_rows_in_the_baseline_table_and_disabled_baselines_skipped(ke
 
     mlflow.set_tracking_uri(f"sqlite:///{kedro_project / 'mlflow.db'}")
     run = mlflow.search_runs(experiment_names=["tokenrec_pipeline"]).iloc[0]
-    assert run["metrics.baseline_metrics_mlflow.sasrec.test.seen.NDCG_at_20"] == pytest.approx(
+    assert run["metrics.test.seen.sasrec.NDCG_at_20"] == pytest.approx(
         table.query("model == 'sasrec' and split == 'test' and user_group == 'seen' and metric == 'NDCG@20'")["value"].item())
-    assert run["metrics.sasrec.train.loss"] > 0 and run["metrics.bert4rec.train.valid_NDCG_at_20"] >= 0  # curves
+    assert run["metrics.train.sasrec.loss"] > 0 and run["metrics.train.bert4rec.valid_NDCG_at_20"] >= 0  # curves

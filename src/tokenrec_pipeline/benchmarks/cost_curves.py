@@ -191,8 +191,8 @@ def _prepare(stage: str, n_interactions: int) -> tuple[Callable[[], dict], dict]
         users, items = _item_vectors(sizes["users"], rng), _item_vectors(sizes["items"], rng)
 
         def fit() -> dict:
-            fit_id_tokenizer(users, params, params["user"], 0)
-            fit_id_tokenizer(items, params, params["item"], 0)
+            fit_id_tokenizer(users, params, params["quantizer"], params["user"], 0)
+            fit_id_tokenizer(items, params, params["quantizer"], params["item"], 0)
             return {}
 
         return fit, sizes

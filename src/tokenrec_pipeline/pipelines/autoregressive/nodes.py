@@ -115,7 +115,7 @@ def train_autoregressive_model(
     history = pd.DataFrame(result.history)
     logger.info("Autoregressive baseline: best epoch %d (%s=%.4f), %.0fs", result.best_epoch, result.monitor,
                 result.best_score, result.seconds)
-    return model, history, history_to_mlflow(history, "autoregressive.train")
+    return model, history, history_to_mlflow(history, "train.autoregressive")
 
 
 def evaluate_autoregressive_model(

@@ -110,7 +110,7 @@ def train_cf_model(
         model, result.best_epoch, result.epochs_run, result.best_valid_metrics.get("NDCG@20", float("nan")),
         result.fit_seconds,
     )
-    return embeddings, history, pd.concat(frames, ignore_index=True), ranks_frame(results, model), history_to_mlflow(result.history, f"{model}.train")
+    return embeddings, history, pd.concat(frames, ignore_index=True), ranks_frame(results, model), history_to_mlflow(result.history, f"train.{model}")
 
 
 def evaluate_popularity(interactions_split: pd.DataFrame, enabled: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:

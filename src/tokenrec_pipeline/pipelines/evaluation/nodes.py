@@ -25,7 +25,8 @@ from tokenrec_pipeline.pipelines.cf_pretraining.nodes import (  # noqa: E402
     enabled_baselines,
     skipped_baseline_tables,
 )
-from tokenrec_pipeline.reporting import markdown_table, metrics_table_to_mlflow, mlflow_name  # noqa: E402
+from tokenrec_pipeline.reporting import markdown_table, metric_key, metrics_table_to_mlflow  # noqa: E402
+from tokenrec_pipeline.run_summary import headline_table, headline_to_mlflow  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -135,13 +136,14 @@ def compare_with_reference(evaluation: dict, seed: int, enabled: list[str] | str
 
 
 def significance_to_mlflow(significance: pd.DataFrame) -> dict:
-    """``<model>.<split>.<group>.<metric>.{ci_low,ci_high,p_wilcoxon,p_ttest,mean_diff}`` metrics (NaN left out)."""
+    """``<split>.<group>.<model>.<metric>.{ci_low,ci_high,p_wilcoxon,p_ttest,mean_diff}`` metrics (NaN left out),
+    sorted by name right after the metric they qualify (``test.seen.lightgcn.NDCG_at_20``)."""
     metrics = {}
     for row in significance.to_dict("records"):
         for column in ("ci_low", "ci_high", "p_wilcoxon", "p_ttest", "mean_diff"):
             if pd.notna(row[column]):
-                name = f"{row['model']}.{row['split']}.{row['user_group']}.{row['metric']}.{column}"
-                metrics[mlflow_name(name)] = {"value": float(row[column]), "step": 0}
+                name = f"{metric_key(row['split'], row['user_group'], row['model'], row['metric'])}.{column}"
+                metrics[name] = {"value": float(row[column]), "step": 0}
     return metrics
 
 
@@ -195,3 +197,16 @@ def report_evaluation(inference_latency: pd.DataFrame, evaluation_significance: 
                   f"(`paper table` = its table). {paper_reference.get('protocol_note', '')}", ""]
     markdown = "\n".join(lines) + "\n" + markdown_table(table) + "\n" + markdown_table(inference_latency)
     return long, markdown, metrics, _bar_chart(wide)
+
+
+def summarise_headline(evaluation_metrics: pd.DataFrame, tokenizer_diagnostics: pd.DataFrame,
+                       llm4rec_training_history: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """The run's headline (:func:`tokenrec_pipeline.run_summary.headline_table`): TokenRec and the best baseline on
+    test HR@20 / NDCG@20 for seen and unseen users, item / user collision rates, fit and train seconds, as a
+    one-row table and as the ``headline.*`` MLflow metrics that the runs table shows side by side."""
+    headline = headline_table(evaluation_metrics, tokenizer_diagnostics, llm4rec_training_history)
+    row = headline.iloc[0]
+    logger.info("Headline (%s): TokenRec test seen HR@20=%.4f NDCG@20=%.4f; best baseline %s HR@20=%.4f NDCG@20=%.4f",
+                row["quantizer"], row["tokenrec seen HR@20"], row["tokenrec seen NDCG@20"], row["best_baseline"] or "-",
+                row["best_baseline seen HR@20"], row["best_baseline seen NDCG@20"])
+    return headline, headline_to_mlflow(headline)

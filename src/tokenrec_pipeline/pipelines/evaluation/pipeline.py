@@ -8,6 +8,7 @@ from .nodes import (
     evaluate_tokenrec,
     measure_inference_latency,
     report_evaluation,
+    summarise_headline,
 )
 
 COMPARED_RANKS = ["pop.ranks", "mf.ranks", "lightgcn.ranks", "sasrec.ranks", "bert4rec.ranks", "autoregressive.ranks",
@@ -33,4 +34,6 @@ def create_pipeline(**kwargs) -> Pipeline:
              ["inference_latency", "evaluation_significance", "paper_reference", "params:dataset", *METRIC_TABLES],
              ["evaluation_metrics", "evaluation_metrics_markdown", "evaluation_metrics_mlflow", "evaluation_chart"],
              name="report_evaluation"),
+        Node(summarise_headline, ["evaluation_metrics", "tokenizer_diagnostics", "llm4rec_training_history"],
+             ["headline_metrics", "headline_metrics_mlflow"], name="summarise_headline"),
     ])

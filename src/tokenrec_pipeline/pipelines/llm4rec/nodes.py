@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 RECIPES = ("default", "paper")
 TRAIN_USER_TOKENS = ("prefix_fold_in", "full_graph")
-PAPER_CURVES_PREFIX = "llm4rec_paper.train"
+PAPER_CURVES_PREFIX = "train.llm4rec_paper"
 
 
 def resolve_recipe(llm4rec: dict, paper_overrides: dict, recipe: str | None = None) -> dict:

@@ -12,11 +12,13 @@ from tokenrec_pipeline.figures import (
     item_projection_by_first_token,
     item_projection_by_popularity,
     metrics_by_model_figure,
+    quantizer_comparison_figure,
     require_table,
     tokenizer_diagnostics_figure,
     training_curves_figure,
 )
 from tokenrec_pipeline.pipelines.cf_pretraining.nodes import cf_model_trained
+from tokenrec_pipeline.run_summary import headlines_from_runs, quantizer_comparison
 
 
 def plot_metrics_by_model(evaluation_metrics: pd.DataFrame, reporting: dict) -> go.Figure:
@@ -63,3 +65,23 @@ def plot_training_curves(lightgcn_history: pd.DataFrame, mf_history: pd.DataFram
                  if cf_model_trained(name, enabled, cf_model)}
     histories["llm4rec_training_history"] = llm4rec_history
     return training_curves_figure(histories, metric=reporting["curve_metric"])
+
+
+def compare_quantizers(mlflow_runs: pd.DataFrame, headline_metrics: pd.DataFrame,
+                       dataset: str) -> tuple[pd.DataFrame, go.Figure]:
+    """This run's quantizer beside the latest MLflow run of every other quantizer on the same ``dataset``
+    (tag ``dataset``): the paper's Table VI layout (quantizer x TokenRec / best baseline test HR@20 and NDCG@20,
+    item / user collision rates) as a table and a figure. This run's row comes from its own ``headline_metrics``;
+    with no other run in MLflow the table has that one row."""
+    others = headlines_from_runs(mlflow_runs)
+    quantizer = str(headline_metrics["quantizer"].iloc[0])
+    others = others[(others["dataset"] == dataset) & (others["quantizer"] != quantizer)]
+    this_run = headline_metrics.assign(run_name="this run", run_id="")
+    table = quantizer_comparison(pd.concat([others, this_run], ignore_index=True) if len(others) else this_run)
+    return table, quantizer_comparison_figure(table)
+
+
+def compare_sweep_quantizers(*headline_metrics: pd.DataFrame) -> tuple[pd.DataFrame, go.Figure]:
+    """The quantizer sweep's Table VI: one row per branch's ``headline_metrics``, as a table and a figure."""
+    table = quantizer_comparison(pd.concat(headline_metrics, ignore_index=True))
+    return table, quantizer_comparison_figure(table)

@@ -3,6 +3,7 @@
 from kedro.pipeline import Node, Pipeline
 
 from .nodes import (
+    compare_quantizers,
     plot_items_by_first_token,
     plot_items_by_popularity,
     plot_metrics_by_model,
@@ -11,7 +12,8 @@ from .nodes import (
 )
 
 INPUTS = {"evaluation_metrics", "tokenizer_diagnostics", "cf_embeddings", "item.tokens", "item_map",
-          "lightgcn.training_history", "mf.training_history", "llm4rec_training_history"}
+          "lightgcn.training_history", "mf.training_history", "llm4rec_training_history", "mlflow_runs",
+          "headline_metrics"}
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -27,8 +29,11 @@ def create_pipeline(**kwargs) -> Pipeline:
         Node(plot_training_curves, ["lightgcn.training_history", "mf.training_history", "llm4rec_training_history",
                                     "params:baselines.enabled", "params:cf_pretraining.model", "params:reporting"],
              "training_curves", name="plot_training_curves"),
+        Node(compare_quantizers, ["mlflow_runs", "headline_metrics", "params:dataset"],
+             ["quantizer_comparison", "quantizer_comparison_figure"], name="compare_quantizers"),
     ])
     return Pipeline(figures, namespace="reporting", inputs=INPUTS,
                     parameters={"params:reporting": "params:reporting",
                                 "params:baselines.enabled": "params:baselines.enabled",
-                                "params:cf_pretraining.model": "params:cf_pretraining.model"})
+                                "params:cf_pretraining.model": "params:cf_pretraining.model",
+                                "params:dataset": "params:dataset"})

@@ -41,4 +41,4 @@ def train_sequential_baseline(
     logger.info("%s: best epoch %d of %d, valid NDCG@20 %.4f, %.1fs", model, result.best_epoch, result.epochs_run,
                 result.best_valid_metrics.get("NDCG@20", float("nan")), result.fit_seconds)
     return (pd.concat(frames, ignore_index=True), ranks_frame(results, model), result.history.assign(model=model),
-            history_to_mlflow(result.history, f"{model}.train"))
+            history_to_mlflow(result.history, f"train.{model}"))

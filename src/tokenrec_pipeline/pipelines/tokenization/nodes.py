@@ -40,9 +40,11 @@ def _config(tokenizer: dict, side: dict, seed: int) -> TokenizerConfig:
     return TokenizerConfig.from_dict({**shared, **overrides, "seed": seed}, param_prefix="tokenizer")
 
 
-def fit_id_tokenizer(fit_vectors: torch.Tensor, tokenizer: dict, side: dict, seed: int) -> FittedTokenizer:
-    """Fit one tokenizer (``tokenizer.quantizer``; per-side ``tokenizer.<side>.overrides``)."""
-    config = _config(tokenizer, side, seed)
+def fit_id_tokenizer(fit_vectors: torch.Tensor, tokenizer: dict, quantizer: str, side: dict,
+                     seed: int) -> FittedTokenizer:
+    """Fit one tokenizer: ``quantizer`` (``params:tokenizer.quantizer``, or the sweep's per-namespace value)
+    with the rest of ``tokenizer`` and the per-side ``tokenizer.<side>.overrides``."""
+    config = _config({**tokenizer, "quantizer": quantizer}, side, seed)
     fitted = fit_tokenizer(fit_vectors, config)
     logger.info("Fitted %s tokenizer on %d vectors in %.1fs", config.quantizer, len(fit_vectors), fitted.fit_seconds)
     return fitted
@@ -66,9 +68,9 @@ def tokenize_ids(fitted: FittedTokenizer, all_vectors: torch.Tensor, side: dict)
     return table, diagnostics
 
 
-def report_tokenizers(user_diagnostics: dict, item_diagnostics: dict, tokenizer: dict) -> tuple[pd.DataFrame, dict]:
-    """One diagnostics table (side x measure) and MLflow metrics ``tokenizer.<side>.<measure>``."""
-    rows = [{"side": side, "quantizer": tokenizer["quantizer"], **diag}
+def report_tokenizers(user_diagnostics: dict, item_diagnostics: dict, quantizer: str) -> tuple[pd.DataFrame, dict]:
+    """One diagnostics table (side x measure, with the ``quantizer``) and MLflow metrics ``tokenizer.<side>.<measure>``."""
+    rows = [{"side": side, "quantizer": quantizer, **diag}
             for side, diag in (("user", user_diagnostics), ("item", item_diagnostics))]
     metrics = {
         f"tokenizer.{side}.{name}": {"value": float(value), "step": 0}

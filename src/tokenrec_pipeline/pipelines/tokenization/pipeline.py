@@ -8,7 +8,8 @@ from .nodes import fit_id_tokenizer, report_tokenizers, tokenize_ids, tokenizer_
 def _side_pipeline() -> Pipeline:
     return Pipeline(
         [
-            Node(fit_id_tokenizer, ["fit_vectors", "params:tokenizer", "params:side", "params:seed"],
+            Node(fit_id_tokenizer,
+                 ["fit_vectors", "params:tokenizer", "params:tokenizer.quantizer", "params:side", "params:seed"],
                  "tokenizer", name="fit_id_tokenizer"),
             Node(tokenize_ids, ["tokenizer", "all_vectors", "params:side"], ["tokens", "diagnostics"],
                  name="tokenize_ids"),
@@ -21,7 +22,9 @@ def create_pipeline(**kwargs) -> Pipeline:
         Pipeline(
             _side_pipeline(),
             namespace=side,
-            parameters={"params:tokenizer": "params:tokenizer", "params:side": f"params:tokenizer.{side}",
+            parameters={"params:tokenizer": "params:tokenizer",
+                        "params:tokenizer.quantizer": "params:tokenizer.quantizer",
+                        "params:side": f"params:tokenizer.{side}",
                         "params:seed": "params:seed"},
         )
         for side in ("user", "item")
@@ -34,7 +37,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         ])
         + sum(sides, Pipeline([]))
         + Pipeline([
-            Node(report_tokenizers, ["user.diagnostics", "item.diagnostics", "params:tokenizer"],
+            Node(report_tokenizers, ["user.diagnostics", "item.diagnostics", "params:tokenizer.quantizer"],
                  ["tokenizer_diagnostics", "tokenizer_diagnostics_mlflow"], name="report_tokenizers"),
         ])
     )
