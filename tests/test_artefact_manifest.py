@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tokenrec_pipeline.artefact_manifest import ArtefactManifest, StaleArtefactsError, content_sha256
+from tokenrec_pipeline.artefact_manifest import (
+    ArtefactManifest,
+    StaleArtefactsError,
+    content_sha256,
+)
 
 
 def _write(project: Path, key: str, text: str) -> Path:
@@ -21,7 +25,10 @@ def _build(manifest: ArtefactManifest, node: str, run: str, inputs: list[str], o
     """Write ``outputs`` (key -> text) as node ``node`` of run ``run`` that read ``inputs``."""
     project = manifest.project_path
     read = {key: content_sha256(project / key) for key in inputs}
-    saved = {key: (Path(key).stem, _write(project, key, text)) for key, text in outputs.items()}
+    saved = {}
+    for key, text in outputs.items():  # a key without a suffix is a model folder holding one file
+        written = _write(project, key if Path(key).suffix else f"{key}/config.json", text)
+        saved[key] = (Path(key).stem, written if Path(key).suffix else written.parent)
     manifest.record_node(node, run, read, saved)
 
 
@@ -29,7 +36,7 @@ def _build(manifest: ArtefactManifest, node: str, run: str, inputs: list[str], o
 def trained(tmp_path: Path) -> ArtefactManifest:
     """tokenizer -> tokens -> model, as one complete run `r1` wrote them."""
     manifest = ArtefactManifest(tmp_path)
-    _build(manifest, "tokenization.fit", "r1", [], {"data/06_models/tokenizer/config.json": "tok v1"})
+    _build(manifest, "tokenization.fit", "r1", [], {"data/06_models/tokenizer": "tok v1"})
     _build(manifest, "tokenization.tokenize", "r1", ["data/06_models/tokenizer"], {"data/05/tokens.parquet": "t v1"})
     _build(manifest, "llm4rec.train", "r1", ["data/05/tokens.parquet", "data/06_models/tokenizer"],
            {"data/06_models/model.bin": "m v1"})
@@ -50,15 +57,23 @@ def test_a_complete_run_is_consistent_and_recorded_atomically(trained):
 
 def test_run_stopped_before_the_model_leaves_a_set_that_is_refused(trained):
     # run r2 rebuilt tokenizer and tokens, then was killed before the language model
-    _build(trained, "tokenization.fit", "r2", [], {"data/06_models/tokenizer/config.json": "tok v2"})
+    _build(trained, "tokenization.fit", "r2", [], {"data/06_models/tokenizer": "tok v2"})
     _build(trained, "tokenization.tokenize", "r2", ["data/06_models/tokenizer"], {"data/05/tokens.parquet": "t v2"})
     with pytest.raises(StaleArtefactsError) as error:
         trained.check(SERVING, "recommend")
     message = str(error.value)
     assert message.startswith("The artefacts recommend would read do not belong together")
-    assert "model (data/06_models/model.bin) was built by llm4rec.train in run r1 from tokens sha256" in message
-    assert "but tokens (data/05/tokens.parquet) is now sha256" in message and "written by tokenization.tokenize in run r2" in message
+    assert ("model (data/06_models/model.bin) was built by llm4rec.train in run r1 from inputs that have been "
+            "rewritten since: tokens, tokenizer (by run r2).") in message
     assert message.endswith("kedro run --pipeline=full --from-nodes=llm4rec.train")
+
+
+def test_the_rebuild_command_covers_every_stale_artefact_with_the_fewest_nodes(trained):
+    _build(trained, "eval.score", "r1", ["data/06_models/model.bin"], {"data/08/metrics.csv": "m1"})
+    _build(trained, "baselines.train", "r1", ["data/06_models/tokenizer"], {"data/06_models/baseline.bin": "b1"})
+    _build(trained, "tokenization.fit", "r2", [], {"data/06_models/tokenizer": "tok v2"})
+    # tokenize (stale) covers train and score downstream of it; the baseline is stale on its own
+    assert trained.rebuild_nodes() == ["baselines.train", "tokenization.tokenize"]
 
 
 def test_artefact_changed_after_it_was_recorded_is_refused(trained):

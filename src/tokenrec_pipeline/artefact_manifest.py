@@ -170,45 +170,69 @@ class ArtefactManifest:
         finally:
             tmp.unlink(missing_ok=True)
 
+    def _stale(self, records: dict[str, ArtefactRecord], key: str) -> str | None:
+        """Why the artefact ``key`` is stale (changed since recorded, or older than an input), or None."""
+        record = records[key]
+        now = self.current_sha256(key, record)
+        if now is not None and now != record.sha256:
+            return (f"{record.name} ({key}) is not the one run {record.run_id} recorded (node {record.node}): "
+                    f"sha256 {now[:SHORT]}, recorded {record.sha256[:SHORT]}. A run stopped after writing it and "
+                    "before recording it, or it was changed by hand.")
+        rewritten = [(records[source].name, records[source].run_id) for source, built_sha in record.inputs.items()
+                     if source in records and built_sha != records[source].sha256
+                     and built_sha not in records[source].supersedes]
+        if not rewritten:
+            return None
+        runs = ", ".join(dict.fromkeys(run for _, run in rewritten))
+        return (f"{record.name} ({key}) was built by {record.node} in run {record.run_id} from inputs that have "
+                f"been rewritten since: {', '.join(name for name, _ in rewritten)} (by run {runs}).")
+
     def stale_artefacts(self, keys: Iterable[str]) -> list[tuple[str, str]]:
-        """(node to rerun from, explanation) for every inconsistency upstream of ``keys`` (empty: consistent)."""
+        """(node that wrote it, why) for every stale artefact upstream of ``keys`` (empty: they belong together)."""
         records = self.records()
         problems: list[tuple[str, str]] = []
-        current: dict[str, str | None] = {}
         stack, seen = [k for k in keys if k in records], set()
         while stack:
             key = stack.pop()
             if key in seen:
                 continue
             seen.add(key)
-            record = records[key]
-            current[key] = now = self.current_sha256(key, record)
-            if now is not None and now != record.sha256:
-                problems.append((record.node, (
-                    f"{record.name} ({key}) is not the one run {record.run_id} recorded (node {record.node}): "
-                    f"sha256 {now[:SHORT]}, recorded {record.sha256[:SHORT]}. A run stopped after writing it and "
-                    "before recording it, or it was changed by hand.")))
-            for source, built_sha in record.inputs.items():
-                upstream = records.get(source)
-                if upstream is None:
-                    continue
-                if built_sha != upstream.sha256 and built_sha not in upstream.supersedes:
-                    problems.append((record.node, (
-                        f"{record.name} ({key}) was built by {record.node} in run {record.run_id} from {upstream.name} "
-                        f"sha256 {built_sha[:SHORT]}, but {upstream.name} ({source}) is now sha256 "
-                        f"{upstream.sha256[:SHORT]}, written by {upstream.node} in run {upstream.run_id}.")))
-                stack.append(source)
-        return problems
+            if (why := self._stale(records, key)) is not None:
+                problems.append((records[key].node, why))
+            stack.extend(source for source in records[key].inputs if source in records)
+        return sorted(problems)
+
+    def rebuild_nodes(self) -> list[str]:
+        """The fewest nodes whose ``--from-nodes`` rebuilds every stale artefact of the project (not only those
+        one run reads: the slice reads artefacts of its own, which must be current too)."""
+        records = self.records()
+        stale = {records[key].node for key in records if self._stale(records, key) is not None}
+        producer = {key: record.node for key, record in records.items()}
+        upstream: dict[str, set[str]] = {}
+        for record in records.values():
+            upstream.setdefault(record.node, set()).update(
+                producer[source] for source in record.inputs if source in producer)
+
+        def ancestors(node: str) -> set[str]:
+            found, todo = set(), list(upstream.get(node, ()))
+            while todo:
+                parent = todo.pop()
+                if parent not in found and parent != node:
+                    found.add(parent)
+                    todo.extend(upstream.get(parent, ()))
+            return found
+
+        return sorted(node for node in stale if not ancestors(node) & stale)
 
     def check(self, keys: Iterable[str], reader: str) -> None:
         """Raise :class:`StaleArtefactsError` naming every stale artefact and the command that rebuilds them."""
         problems = self.stale_artefacts(keys)
         if not problems:
             return
-        nodes = ",".join(dict.fromkeys(node for node, _ in problems))
-        listed = "\n".join(f"  - {text}" for text in dict.fromkeys(text for _, text in problems))
+        listed = "\n".join(f"  - {why}" for why in dict.fromkeys(why for _, why in problems))
         raise StaleArtefactsError(
             f"The artefacts {reader} would read do not belong together (a run stopped part-way, or only part of "
             f"the pipeline was rerun):\n{listed}\nRebuild the stale artefacts and everything after them, with the "
-            f"--params/--env of the run that wrote their inputs: kedro run --pipeline=full --from-nodes={nodes}"
+            "--params/--env of the run that wrote their inputs: kedro run --pipeline=full "
+            f"--from-nodes={','.join(self.rebuild_nodes())}"
         )

@@ -26,8 +26,15 @@ from kedro.framework.hooks import hook_impl
 from kedro.pipeline import Pipeline
 from mlflow.entities import RunStatus
 
-from tokenrec_pipeline.artefact_manifest import ArtefactManifest, StaleArtefactsError, dataset_path
-from tokenrec_pipeline.params_validation import load_base_parameters, validate_parameters
+from tokenrec_pipeline.artefact_manifest import (
+    ArtefactManifest,
+    StaleArtefactsError,
+    dataset_path,
+)
+from tokenrec_pipeline.params_validation import (
+    load_base_parameters,
+    validate_parameters,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +67,8 @@ class ArtefactManifestHooks:
     def _path(self, name: str) -> Path | None:
         if name.startswith("params:") or name == "parameters":
             return None
-        try:
-            return dataset_path(self._catalog.get(name))
-        except Exception:  # a name the catalog cannot resolve is no artefact of ours
-            return None
+        dataset = self._catalog.get(name)  # None for a name the catalog cannot resolve
+        return dataset_path(dataset) if dataset is not None else None
 
     def _artefact_keys(self, names) -> list[str]:
         assert self._manifest is not None
@@ -71,11 +76,13 @@ class ArtefactManifestHooks:
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict, pipeline: Pipeline, catalog) -> None:
-        self._catalog, self._run_id = catalog, str(run_params.get("run_id") or run_params.get("session_id") or "")
+        self._catalog = catalog
+        self._run_id = str(run_params.get("run_id") or run_params.get("session_id") or "")
         self._manifest = ArtefactManifest(_project_path(run_params))
         self._memory_lineage, self._pending = {}, {}
         names = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]
-        self._manifest.check(self._artefact_keys(sorted(pipeline.inputs())), f"`kedro run --pipelines={','.join(names)}`")
+        reader = f"`kedro run --pipelines={','.join(names)}`"
+        self._manifest.check(self._artefact_keys(sorted(pipeline.inputs())), reader)
 
     @hook_impl
     def before_node_run(self, node, catalog, inputs: dict, is_async: bool, run_id: str) -> None:

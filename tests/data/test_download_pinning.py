@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 
 from tokenrec_pipeline.data import download
-from tokenrec_pipeline.data.download import PUBLIC_SOURCES, DownloadError, RemoteSource, fetch_public_dataset
+from tokenrec_pipeline.data.download import (
+    PUBLIC_SOURCES,
+    DownloadError,
+    RemoteSource,
+    fetch_public_dataset,
+)
 from tokenrec_pipeline.data.sources import DataSourceError, read_dataset
 
 

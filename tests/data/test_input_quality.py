@@ -10,7 +10,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tokenrec_pipeline.data.sources import DataSourceError, read_dataset, read_sequences, read_tabular
+from tokenrec_pipeline.data.sources import (
+    DataSourceError,
+    read_dataset,
+    read_sequences,
+    read_tabular,
+)
 from tokenrec_pipeline.datasets import RawData
 from tokenrec_pipeline.pipelines.ingestion.nodes import ingest_interactions
 
@@ -84,7 +89,8 @@ def test_missing_timestamps_are_reported_as_empty_with_their_lines(tmp_path):
     rows = [f"{n % 9},{n % 4},{1_618_921_600 + n}" for n in range(10)]
     rows[2], rows[6] = "1,2,", "3,1,NaN"
     path = _csv(tmp_path / "log.csv", rows)
-    with pytest.raises(DataSourceError, match=r"has 2 unparsable timestamp\(s\) out of 10 \(line 4: empty, line 8: empty\)"):
+    expected = r"has 2 unparsable timestamp\(s\) out of 10 \(line 4: empty, line 8: empty\)"
+    with pytest.raises(DataSourceError, match=expected):
         read_tabular(path, COLUMNS, "csv")
 
 
@@ -117,7 +123,8 @@ def test_non_utf8_file_names_the_file_and_the_encoding_parameter(tmp_path, datas
 def test_public_reader_takes_the_encoding_parameter(tmp_path):
     folder = tmp_path / "lastfm"
     folder.mkdir()
-    (folder / "user_artists.dat").write_bytes("userID\tartistID\tweight\n2\t51\t13883\nJö\t52\t11690\n".encode("cp1252"))
+    text = "userID\tartistID\tweight\n2\t51\t13883\nJö\t52\t11690\n"
+    (folder / "user_artists.dat").write_bytes(text.encode("cp1252"))
     with pytest.raises(DataSourceError, match="user_artists.dat is not utf-8 text"):
         read_dataset("lastfm", tmp_path, {}, download=False)
     frame, _ = read_dataset("lastfm", tmp_path, {"encoding": "cp1252"}, download=False)

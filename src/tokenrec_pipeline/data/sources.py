@@ -19,7 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tokenrec_pipeline.data.download import PUBLIC_SOURCES, DownloadError, fetch_public_dataset, file_digest
+from tokenrec_pipeline.data.download import (
+    PUBLIC_SOURCES,
+    DownloadError,
+    fetch_public_dataset,
+    file_digest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -338,7 +343,8 @@ def read_amazon(folder: Path, category: str, encoding: str = "utf-8") -> pd.Data
                                 encoding=encoding)
         if frame.empty:
             raise DataSourceError(f"{csv_path} is empty.")
-        return _finalise(frame.assign(timestamp=_parse_timestamps(frame["ts"], str(csv_path), "timestamp")), str(csv_path))
+        timestamps = _parse_timestamps(frame["ts"], str(csv_path), "timestamp")
+        return _finalise(frame.assign(timestamp=timestamps), str(csv_path))
     if json_path.is_file():
         with _decoding(json_path, encoding), gzip.open(json_path, "rt", encoding=encoding) as handle:
             records = [json.loads(line) for line in handle if line.strip()]
@@ -434,7 +440,8 @@ def _with_report(frame: pd.DataFrame, metadata: dict) -> tuple[pd.DataFrame, dic
 KNOWN_DATASETS = ("synthetic", "ml-100k", "ml-1m", "lastfm", "beauty", "clothing", "sequences", "csv", "parquet")
 
 
-def read_dataset(name: str, raw_root: Path, options: dict | None = None, download: bool = True) -> tuple[pd.DataFrame, dict]:
+def read_dataset(name: str, raw_root: Path, options: dict | None = None,
+                 download: bool = True) -> tuple[pd.DataFrame, dict]:
     """Read dataset ``name`` from ``raw_root/<name>/`` (downloading public data if absent).
 
     Besides the names in ``KNOWN_DATASETS``, any folder ``raw_root/<name>/`` holding a
