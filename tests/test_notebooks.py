@@ -58,4 +58,7 @@ def test_notebooks_run_top_to_bottom_on_a_tiny_run(tiny_full_copy):
     quantizers = _text(_execute(folder / NOTEBOOKS[1]))
     assert "2 runs in 'tokenrec_pipeline'" in quantizers  # both runs found in the project's own store
     assert "kmeans" in quantizers and "mq" in quantizers
+    # Table VI: only the full run has an evaluation; the tokenization-only kmeans run is in the diagnostics
+    assert "1 quantizer(s) with an evaluated run on 'synthetic': mq" in quantizers
+    assert "quantizers with tokenizer diagnostics: kmeans, mq" in quantizers
     assert not (folder / "mlflow.db").exists()  # the project's store was read, no stray one next to the notebook

@@ -420,7 +420,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 def mlflow_epoch_logger(run_id: str, tracking_uri: str | None,
                         prefix: str = CURVES_PREFIX) -> Callable[[dict[str, float]], None]:
-    """Log each epoch record into the existing run ``run_id`` (names as in-process: ``llm4rec.train.*``).
+    """Log each epoch record into the existing run ``run_id`` (names as in-process: ``train.llm4rec.*``).
 
     Through ``MlflowClient`` rather than ``start_run``: ending a started run would mark the parent
     ``kedro run``'s run finished while it is still running.

@@ -134,8 +134,11 @@ class RunRecordHooks:
         tags = {**self._tags, "quantizer": quantizer}
         if quantizer not in self._children:
             parent = mlflow.active_run().info.run_id
+            # the parent's process tags (tokenrec.pid / tokenrec.host: MlflowRunStatusHooks) mark the child too
+            inherited = {k: v for k, v in mlflow.MlflowClient().get_run(parent).data.tags.items()
+                         if k.startswith("tokenrec.")}
             child = mlflow.start_run(run_name=run_name(self._pipeline, tags), nested=True,
-                                     tags={**tags, "sweep_parent_run_id": parent})
+                                     tags={**inherited, **tags})
             self._children[quantizer] = child.info.run_id
             self._child_params[quantizer] = set()
         else:

@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 
 from tests.conftest import run_kedro_cli, tree_digest
+from tokenrec_pipeline.reporting import METRIC_NAME_PATTERN
+from tokenrec_pipeline.run_summary import HEADLINE_METRICS
 
 
 
@@ -38,13 +40,23 @@ def test_full_pipeline_produces_every_row_and_one_mlflow_run(tiny_full_run):
     assert len(runs) == 1
     run = runs.iloc[0]
     assert run["params.tokenizer.quantizer"] == "mq"
-    assert run["metrics.evaluation_metrics_mlflow.tokenrec.test.seen.HR_at_20"] == pytest.approx(
+    # a name and tags that say what the run is; metric names in the one scheme, no dataset-name prefix
+    assert run["tags.mlflow.runName"] == "full · synthetic · mq · default"
+    assert {run[f"tags.{tag}"] for tag in ("dataset", "quantizer", "recipe", "backbone", "split_strategy")} == {
+        "synthetic", "mq", "default", "sentence-transformers/all-MiniLM-L6-v2", "leave_one_out"}
+    assert run["metrics.test.seen.tokenrec.HR_at_20"] == pytest.approx(
         test.query("model == 'tokenrec' and user_group == 'seen' and metric == 'HR@20'")["value"].item())
-    assert "metrics.tokenizer_diagnostics_mlflow.tokenizer.item.collision_rate" in runs.columns
+    assert run["metrics.headline.test.seen.tokenrec.HR_at_20"] == run["metrics.test.seen.tokenrec.HR_at_20"]
+    assert run["metrics.tokenizer.item.collision_rate"] == run["metrics.headline.tokenizer.item.collision_rate"]
+    assert runs[[f"metrics.{name}" for name in HEADLINE_METRICS]].notna().all(axis=None)
+    best = test.query("user_group == 'seen' and metric == 'NDCG@20' and not model.str.startswith('tokenrec')")
+    assert run["tags.best_baseline"] == best.loc[best["value"].idxmax(), "model"]
+    metric_names = [c.removeprefix("metrics.") for c in runs.columns if c.startswith("metrics.")]
+    assert len(metric_names) > 100 and not [n for n in metric_names if not METRIC_NAME_PATTERN.match(n)]
 
     # the reporting stage's figures, on disk and as artifacts of the same MLflow run
     figures = {"metrics_by_model.json", "tokenizer_diagnostics.json", "training_curves.json",
-               "items_by_first_token.png", "items_by_popularity.png"}
+               "items_by_first_token.png", "items_by_popularity.png", "quantizer_comparison.json"}
     assert {p.name for p in (kedro_project / "data/08_reporting/figures").iterdir()} == figures
     assert {a.path.split("/")[-1] for a in mlflow.MlflowClient().list_artifacts(run["run_id"], "figures")} == figures
     bars = json.loads((kedro_project / "data/08_reporting/figures/metrics_by_model.json").read_text())["data"]
@@ -106,3 +118,30 @@ def test_recommend_and_add_items_without_retraining(tiny_full_copy):
     for request, history in (("history:0", known), ("history:1", known + ["brand-new-item"])):
         assert not recs.loc[recs["request_id"] == request, "item"].isin(history).any()
     assert tree_digest(kedro_project / "data/06_models/llm4rec") == model_digest  # no model file changed
+
+
+@pytest.mark.slow
+def test_two_runs_with_different_quantizers_are_told_apart_in_mlflow(tiny_full_copy):
+    """A second full run with another quantizer (baselines off but Pop, to keep it short): its own name and tags,
+    its own headline, and the reporting stage's Table VI puts it beside the first run's quantizer from MLflow."""
+    kedro_project = tiny_full_copy
+    run_kedro_cli(kedro_project, "--pipeline=full", "--params=tokenizer.quantizer=kmeans,baselines.enabled=pop")
+
+    mlflow.set_tracking_uri(f"sqlite:///{kedro_project / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["tokenrec_pipeline"], order_by=["attributes.start_time ASC"])
+    assert list(runs["tags.mlflow.runName"]) == ["full · synthetic · mq · default",
+                                                 "full · synthetic · kmeans · default"]
+    assert list(runs["tags.quantizer"]) == list(runs["params.tokenizer.quantizer"]) == ["mq", "kmeans"]
+    assert (runs["tags.dataset"] == "synthetic").all() and (runs["tags.recipe"] == "default").all()
+    assert runs[[f"metrics.{name}" for name in HEADLINE_METRICS if "best_baseline" not in name]].notna().all(axis=None)
+    assert runs["tags.best_baseline"].iloc[1] == "pop"
+    assert runs["metrics.headline.test.seen.best_baseline.NDCG_at_20"].iloc[1] == pytest.approx(
+        runs["metrics.test.seen.pop.NDCG_at_20"].iloc[1])
+    metric_names = [c.removeprefix("metrics.") for c in runs.columns if c.startswith("metrics.")]
+    assert not [name for name in metric_names if not METRIC_NAME_PATTERN.match(name)]
+
+    table = pd.read_csv(kedro_project / "data/08_reporting/quantizer_comparison.csv")
+    assert list(table["quantizer"]) == ["mq", "kmeans"]
+    assert list(table["run_name"]) == ["full · synthetic · mq · default", "this run"]
+    assert table.loc[0, "tokenrec seen HR@20"] == pytest.approx(runs["metrics.test.seen.tokenrec.HR_at_20"].iloc[0])
+    assert table.loc[1, "item collision rate"] == pytest.approx(runs["metrics.tokenizer.item.collision_rate"].iloc[1])

@@ -25,7 +25,7 @@ def train_sequential_baseline(
     Returns:
         (metrics, ranks, training_history, training_curves): the long metrics table and per-user
         ranks in the layout of the CF baselines, the per-epoch history (loss, validation metrics)
-        and the same history as MLflow metric curves ``<model>.train.<quantity>``.
+        and the same history as MLflow metric curves ``train.<model>.<quantity>``.
     """
     config = SequentialConfig(**{**sequential_model, "seed": seed})
     model = config.model
