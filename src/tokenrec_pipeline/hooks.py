@@ -123,6 +123,14 @@ class RunRecordHooks:
             name = run_name(self._pipeline, self._tags)
             mlflow.set_tags({**self._tags, "mlflow.runName": name})
             logger.info("MLflow run %r (%s)", name, mlflow.active_run().info.run_id)
+        reused = sorted(name for name in pipeline.inputs() if not name.startswith("params:")) if quantizers else []
+        missing = [name for name in reused if not catalog.exists(name)]
+        if missing:
+            if mlflow.active_run() is not None:  # no node will run: close the run kedro-mlflow opened
+                mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+            raise FileNotFoundError(
+                f"{SWEEP_NAMESPACE} reuses the artefacts of a full run, and {missing} are not there: run "
+                "`kedro run --pipeline=full` first (same --params/--env as the sweep), then the sweep.")
 
     @hook_impl(trylast=True)
     def before_node_run(self, node, catalog, inputs, is_async, run_id) -> None:

@@ -85,3 +85,19 @@ def test_sweep_makes_one_complete_child_run_per_quantizer_without_retraining(tin
         children["metrics.test.seen.tokenrec.NDCG_at_20"].to_dict())
     parent_artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent["run_id"].item(), "reports")}
     assert "reports/quantizer_comparison.csv" in parent_artifacts
+
+
+def test_sweep_before_any_full_run_says_what_to_run_and_fails_its_mlflow_run(kedro_project):
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "kedro", "run", "--pipeline=quantizer_sweep"], cwd=kedro_project,
+                            capture_output=True, text=True, check=False,
+                            env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "300"})
+    assert result.returncode != 0
+    output = result.stderr + result.stdout
+    assert "cf_embeddings" in output and "kedro run --pipeline=full" in output
+    mlflow.set_tracking_uri(f"sqlite:///{kedro_project / 'mlflow.db'}")
+    run = mlflow.search_runs(experiment_names=["tokenrec_pipeline"]).iloc[0]
+    assert run["status"] == "FAILED" and run["tags.mlflow.runName"].startswith("quantizer_sweep · synthetic")
