@@ -74,6 +74,8 @@ def test_the_rebuild_command_covers_every_stale_artefact_with_the_fewest_nodes(t
     _build(trained, "tokenization.fit", "r2", [], {"data/06_models/tokenizer": "tok v2"})
     # tokenize (stale) covers train and score downstream of it; the baseline is stale on its own
     assert trained.rebuild_nodes() == ["baselines.train", "tokenization.tokenize"]
+    # a node of another pipeline (recommend's answers) is not part of the command that runs `full`
+    assert trained.rebuild_nodes({"tokenization.tokenize", "llm4rec.train", "eval.score"}) == ["tokenization.tokenize"]
 
 
 def test_artefact_changed_after_it_was_recorded_is_refused(trained):

@@ -202,11 +202,14 @@ class ArtefactManifest:
             stack.extend(source for source in records[key].inputs if source in records)
         return sorted(problems)
 
-    def rebuild_nodes(self) -> list[str]:
+    def rebuild_nodes(self, rebuildable: set[str] | None = None) -> list[str]:
         """The fewest nodes whose ``--from-nodes`` rebuilds every stale artefact of the project (not only those
-        one run reads: the slice reads artefacts of its own, which must be current too)."""
+        one run reads: the slice reads artefacts of its own, which must be current too). ``rebuildable``: the
+        node names of the pipeline the command runs (artefacts of other pipelines, e.g. ``recommend``'s
+        answers, are left out)."""
         records = self.records()
-        stale = {records[key].node for key in records if self._stale(records, key) is not None}
+        stale = {records[key].node for key in records if self._stale(records, key) is not None
+                 and (rebuildable is None or records[key].node in rebuildable)}
         producer = {key: record.node for key, record in records.items()}
         upstream: dict[str, set[str]] = {}
         for record in records.values():
@@ -224,7 +227,7 @@ class ArtefactManifest:
 
         return sorted(node for node in stale if not ancestors(node) & stale)
 
-    def check(self, keys: Iterable[str], reader: str) -> None:
+    def check(self, keys: Iterable[str], reader: str, rebuildable: set[str] | None = None) -> None:
         """Raise :class:`StaleArtefactsError` naming every stale artefact and the command that rebuilds them."""
         problems = self.stale_artefacts(keys)
         if not problems:
@@ -234,5 +237,5 @@ class ArtefactManifest:
             f"The artefacts {reader} would read do not belong together (a run stopped part-way, or only part of "
             f"the pipeline was rerun):\n{listed}\nRebuild the stale artefacts and everything after them, with the "
             "--params/--env of the run that wrote their inputs: kedro run --pipeline=full "
-            f"--from-nodes={','.join(self.rebuild_nodes())}"
+            f"--from-nodes={','.join(self.rebuild_nodes(rebuildable))}"
         )

@@ -43,6 +43,16 @@ def _project_path(run_params: dict) -> Path:
     return Path(run_params.get("project_path") or Path.cwd())
 
 
+def _full_pipeline_nodes() -> set[str] | None:
+    """Node names of ``full``, the pipeline the rebuild command runs (None outside a configured project)."""
+    from kedro.framework.project import pipelines
+
+    try:
+        return {node.name for node in pipelines["full"].nodes}
+    except KeyError:
+        return None
+
+
 class ParameterValidationHooks:
     """Refuse unknown, mistyped or out-of-range parameters before anything runs."""
 
@@ -82,7 +92,7 @@ class ArtefactManifestHooks:
         self._memory_lineage, self._pending = {}, {}
         names = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]
         reader = f"`kedro run --pipelines={','.join(names)}`"
-        self._manifest.check(self._artefact_keys(sorted(pipeline.inputs())), reader)
+        self._manifest.check(self._artefact_keys(sorted(pipeline.inputs())), reader, _full_pipeline_nodes())
 
     @hook_impl
     def before_node_run(self, node, catalog, inputs: dict, is_async: bool, run_id: str) -> None:
@@ -127,7 +137,7 @@ class ArtefactManifestHooks:
             return
         names = sorted(inference.inputs() - {getattr(pipeline, "input_name", None)})
         try:
-            self._manifest.check(self._artefact_keys(names), "the MLflow model")
+            self._manifest.check(self._artefact_keys(names), "the MLflow model", _full_pipeline_nodes())
         except StaleArtefactsError:
             _end_mlflow_runs(RunStatus.FAILED)
             raise

@@ -24,7 +24,7 @@ DATA_TINY = {"ingestion": {"synthetic": {"n_users": 120, "n_items": 80, "n_group
 def _kedro(project: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "kedro", "run", *args], check=False, cwd=project, capture_output=True,
                           text=True,
-                          env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"})
+                          env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "4000"})
 
 
 def _output(result: subprocess.CompletedProcess) -> str:
@@ -59,7 +59,7 @@ def test_recommend_refuses_the_artefacts_of_a_run_that_stopped_before_llm4rec(ti
 
     # The command the message gives makes the set whole again.
     from_nodes = re.search(r"kedro run --pipeline=full --from-nodes=(\S+)", refused.stdout + refused.stderr)
-    nodes = "".join(from_nodes.group(1).split()) if from_nodes else ""
+    nodes = from_nodes.group(1) if from_nodes else ""  # COLUMNS=4000: rich does not wrap the line
     assert "llm4rec.train_llm4rec_model" in nodes.split(",")
     run_kedro_cli(project, "--pipelines=full", f"--from-nodes={nodes}", "--params=seed=7")
     users = pd.read_parquet(project / "data/03_primary/user_map.parquet")
