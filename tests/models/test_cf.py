@@ -274,3 +274,95 @@ def test_lastfm_short_mf_beats_pop(lastfm_split: pd.DataFrame) -> None:
 def test_evaluate_cf_mean_fold_in(split_frame: pd.DataFrame, lightgcn: cf.CFResult) -> None:
     _, results = cf.evaluate_cf(lightgcn, split_frame, fold_in_method="mean", ks=(10,))
     assert results["unseen"].metrics["HR@10"] > 0.9
+
+
+def _random_bipartite(seed: int, n_users: int = 40, n_items: int = 25, n_edges: int = 200):
+    rng = np.random.default_rng(seed)
+    keys = np.unique(rng.integers(0, n_users * n_items, size=n_edges))
+    return keys // n_items, keys % n_items, n_users, n_items
+
+
+def _layer_by_layer(adjacency_int64: torch.Tensor, x: torch.Tensor, alpha: list[float]) -> torch.Tensor:
+    """The former propagation: ``out = a_0 x``, then per layer ``x = A @ x; out += a_l x``."""
+    out = x * alpha[0]
+    for a in alpha[1:]:
+        x = adjacency_int64 @ x
+        out = out + x * a
+    return out
+
+
+def test_csr_propagation_equals_layer_by_layer_sum_forward_and_backward() -> None:
+    users, items, n_seen, n_items = _random_bipartite(0)
+    n_nodes = n_seen + n_items
+    adjacency = cf.normalized_adjacency(cf.build_edge_index(users, items, n_seen), n_nodes)
+    assert adjacency.crow_indices().dtype == torch.int32 and adjacency.col_indices().dtype == torch.int32
+    reference_adjacency = torch.sparse_csr_tensor(
+        adjacency.crow_indices().long(), adjacency.col_indices().long(), adjacency.values(), adjacency.shape
+    )
+    # Symmetric, as the custom backward assumes.
+    dense = adjacency.to_dense()
+    torch.testing.assert_close(dense, dense.T, rtol=0, atol=0)
+    alpha = [0.4, 0.3, 0.2, 0.1]  # not all equal: Horner's coefficients must come out in the right order
+    model = cf.SparseLightGCN(n_nodes, 8, num_layers=3, alpha=torch.tensor(alpha))
+    x = model.embedding.weight
+    ours = model.get_embedding(adjacency)
+    reference = _layer_by_layer(reference_adjacency, x, alpha)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-6)
+    weights = torch.randn_like(ours)
+    (ours * weights).sum().backward()
+    grad_ours = x.grad.clone()
+    x.grad = None
+    (reference * weights).sum().backward()
+    torch.testing.assert_close(grad_ours, x.grad, rtol=0, atol=1e-6)
+    # The gradient is not trivially the forward: it equals P(A) @ weights, checked densely.
+    poly = sum(a * torch.linalg.matrix_power(dense, layer) for layer, a in enumerate(alpha))
+    torch.testing.assert_close(grad_ours, poly @ weights, rtol=0, atol=1e-5)
+
+
+def test_layer_weights_follow_a_loaded_alpha() -> None:
+    model = cf.SparseLightGCN(10, 4, num_layers=2)
+    assert model.layer_weights == pytest.approx((1 / 3, 1 / 3, 1 / 3))
+    state = model.state_dict()
+    state["alpha"] = torch.tensor([0.5, 0.25, 0.25])
+    model.load_state_dict(state)
+    assert model.layer_weights == pytest.approx((0.5, 0.25, 0.25))
+
+
+def test_bpr_step_equals_separate_gathers_reference() -> None:
+    """One gather + chunk gives the loss and update of the former three separate gathers."""
+    users, items, n_seen, n_items = _random_bipartite(1)
+    n_nodes = n_seen + n_items
+    adjacency = cf.normalized_adjacency(cf.build_edge_index(users, items, n_seen), n_nodes)
+    config = cf.CFConfig(embedding_dim=8, num_layers=2, lr=0.01, seed=5)
+    ours, reference = cf.build_cf_model(config, n_nodes), cf.build_cf_model(config, n_nodes)
+    reference.load_state_dict(ours.state_dict())
+    rng = np.random.default_rng(2)
+    u = torch.as_tensor(rng.integers(0, n_seen, 16))
+    i = torch.as_tensor(rng.integers(0, n_items, 16)) + n_seen
+    j = torch.as_tensor(rng.integers(0, n_items, 16)) + n_seen
+    loss = cf.bpr_step(ours, adjacency, cf.make_optimizer(config, ours.parameters()), u, i, j, 1e-3)
+    emb = reference.get_embedding(adjacency)
+    ref_loss = reference.recommendation_loss(
+        (emb[u] * emb[i]).sum(-1), (emb[u] * emb[j]).sum(-1), node_id=torch.cat([u, i, j]), lambda_reg=1e-3
+    )
+    optimizer = torch.optim.Adam(reference.parameters(), lr=0.01)
+    ref_loss.backward()
+    optimizer.step()
+    assert float(loss) == pytest.approx(float(ref_loss), abs=1e-6)
+    assert not torch.equal(ours.embedding.weight, cf.build_cf_model(config, n_nodes).embedding.weight)  # it moved
+    torch.testing.assert_close(ours.embedding.weight, reference.embedding.weight, rtol=0, atol=1e-6)
+
+
+def test_make_optimizer_is_fused_on_cpu_and_matches_unfused() -> None:
+    config = cf.CFConfig(lr=0.01, optimizer="adamw", weight_decay=0.1)
+    fused_param = torch.nn.Parameter(torch.randn(20, 4, generator=torch.Generator().manual_seed(0)))
+    plain_param = torch.nn.Parameter(fused_param.detach().clone())
+    fused = cf.make_optimizer(config, [fused_param])
+    assert isinstance(fused, torch.optim.AdamW) and fused.defaults["fused"] is True
+    plain = torch.optim.AdamW([plain_param], lr=0.01, weight_decay=0.1)
+    for step in range(5):
+        grad = torch.randn(20, 4, generator=torch.Generator().manual_seed(step + 1))
+        fused_param.grad, plain_param.grad = grad.clone(), grad.clone()
+        fused.step()
+        plain.step()
+    torch.testing.assert_close(fused_param, plain_param, rtol=0, atol=1e-6)

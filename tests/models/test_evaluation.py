@@ -267,3 +267,28 @@ def test_topk_items_matches_sorted_reference_on_random_ties() -> None:
             reference = sorted(range(n_items), key=lambda i: (-scores[row, i].item(), i))[: min(k, n_items)]
             reference = [i if scores[row, i] != float("-inf") else -1 for i in reference]
             assert list(got[row]) == reference
+
+
+def test_vector_mode_with_repeated_history_entries_matches_brute_force() -> None:
+    """Vector scores (NaN scan of the vectors, not of the scores) with ties, repeated history items
+    and targets inside the history."""
+    rng = np.random.default_rng(7)
+    user_vectors = rng.integers(-2, 3, size=(30, 3)).astype(np.float32)  # small integers: many exact ties
+    item_vectors = rng.integers(-2, 3, size=(20, 3)).astype(np.float32)
+    scores = user_vectors @ item_vectors.T
+    targets = rng.integers(0, 20, size=30)
+    histories = [np.concatenate([h, h[:2], [t]]) for h, t in
+                 ((rng.choice(20, size=rng.integers(1, 6), replace=False), t) for t in targets)]
+    result = evaluate_ranking(np.arange(30), histories, targets, user_vectors=user_vectors,
+                              item_vectors=item_vectors, ks=(1, 5, 10), batch_size=8)
+    expected = reference_metrics(scores, histories, targets, ks=(1, 5, 10))
+    for name, value in expected.items():
+        assert result.metrics[name] == pytest.approx(value, abs=1e-12), name
+
+
+def test_vector_mode_nan_vectors_raise() -> None:
+    user_vectors = np.ones((2, 3), dtype=np.float32)
+    user_vectors[1, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        evaluate_ranking([0, 1], [np.array([], dtype=np.int64)] * 2, [0, 1], user_vectors=user_vectors,
+                         item_vectors=np.ones((4, 3), dtype=np.float32))

@@ -230,13 +230,19 @@ def _lightgcn_step(train, config) -> Callable[[], dict]:
     """One LightGCN training step with the model code's own pieces (propagation over the whole graph)."""
     import torch
 
-    from tokenrec_pipeline.models.cf import build_cf_model, build_edge_index, normalized_adjacency
+    from tokenrec_pipeline.models.cf import (
+        bpr_step,
+        build_cf_model,
+        build_edge_index,
+        make_optimizer,
+        normalized_adjacency,
+    )
 
     n_seen = train.n_seen_users
     n_nodes = n_seen + train.n_items
     model = build_cf_model(config, n_nodes)
     adjacency = normalized_adjacency(build_edge_index(train.users, train.items, n_seen), n_nodes)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = make_optimizer(config, model.parameters())
     generator = torch.Generator().manual_seed(0)
     rows = torch.randint(len(train.users), (config.batch_size,), generator=generator)
     u = torch.as_tensor(train.users)[rows]
@@ -244,12 +250,7 @@ def _lightgcn_step(train, config) -> Callable[[], dict]:
     j = torch.randint(train.n_items, (config.batch_size,), generator=generator) + n_seen
 
     def step() -> dict:
-        emb = model.get_embedding(adjacency)
-        pos, neg = (emb[u] * emb[i]).sum(-1), (emb[u] * emb[j]).sum(-1)
-        loss = model.recommendation_loss(pos, neg, node_id=torch.cat([u, i, j]), lambda_reg=config.lambda_reg)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        bpr_step(model, adjacency, optimizer, u, i, j, config.lambda_reg)
         return {"steps_per_epoch": int(np.ceil(len(train.users) / config.batch_size))}
 
     return step

@@ -327,31 +327,41 @@ def topk_items(scores: Tensor, k: int) -> Tensor:
     return result.masked_fill(chosen_scores.gather(1, order) == float("-inf"), -1)
 
 
-def _rank_counts(scores: Tensor, targets: Tensor, hist_rows: Tensor, hist_cols: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _rank_counts(
+    scores: Tensor, targets: Tensor, hist_rows: Tensor, hist_cols: Tensor, return_masked: bool = True
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """Exclude history items (score -inf, never the target) and count items above / tied with each target.
 
-    Returns ``(n_greater, n_tied, masked_scores)``.
+    Returns ``(n_greater, n_tied, masked_scores)``; ``masked_scores`` (the scores with the excluded
+    items at -inf, for top-k lists) is ``None`` unless ``return_masked``. The counts compare the raw
+    scores with the target's and clear the excluded entries in the two comparison masks, so the
+    (batch, n_items) score matrix is never copied: an excluded item neither outranks nor ties the
+    target, whatever its score (also when the target itself scores -inf).
     """
     n_rows = scores.shape[0]
     rows = torch.arange(n_rows, device=scores.device)
     target_scores = scores[rows, targets].unsqueeze(1)
-    masked = scores.clone()
-    masked[hist_rows, hist_cols] = float("-inf")
-    masked[rows, targets] = target_scores.squeeze(1)  # the target is never excluded, even if in the history
+    excluded = hist_cols != targets[hist_rows]  # the target is never excluded, even if in the history
+    hist_rows, hist_cols = hist_rows[excluded], hist_cols[excluded]
     # Summing 0/1 floats is several times faster than summing a bool tensor on CPU; float32
     # counts are exact below 2**24 items.
     count_dtype = torch.float32 if scores.shape[1] < 2**24 else torch.float64
-    n_greater = (masked > target_scores).to(count_dtype).sum(dim=1).long()
-    n_tied = (masked >= target_scores).to(count_dtype).sum(dim=1).long() - n_greater - 1
-    # An excluded item is -inf, so it only "ties" a target that itself scores -inf: take those out
-    # of the tie count for such (rare) rows.
-    neg_inf_rows = torch.isneginf(target_scores.squeeze(1))
-    if bool(neg_inf_rows.any()):
-        excluded = torch.zeros_like(masked, dtype=torch.bool)
-        excluded[hist_rows, hist_cols] = True
-        excluded[rows, targets] = False
-        n_tied = n_tied - (excluded & neg_inf_rows.unsqueeze(1)).sum(dim=1)
+    greater = scores > target_scores
+    greater[hist_rows, hist_cols] = False
+    n_greater = greater.to(count_dtype).sum(dim=1).long()
+    tied = scores == target_scores
+    tied[hist_rows, hist_cols] = False
+    n_tied = tied.to(count_dtype).sum(dim=1).long() - 1  # minus the target itself
+    masked = None
+    if return_masked:
+        masked = scores.clone()
+        masked[hist_rows, hist_cols] = float("-inf")
     return n_greater, n_tied, masked
+
+
+def _abs_max(x: Tensor) -> float:
+    """Largest absolute entry of ``x`` (0.0 when empty)."""
+    return float(x.detach().abs().amax()) if x.numel() else 0.0
 
 
 def _as_tensor(x: Tensor | np.ndarray, device: torch.device | None) -> Tensor:
@@ -420,6 +430,14 @@ def evaluate_ranking(
             iv = torch.nn.functional.normalize(iv, dim=1, eps=1e-12)
         elif similarity != "dot":
             raise ValueError(f"similarity must be 'dot' or 'cosine', got {similarity!r}.")
+    # Finite vectors of moderate size give finite dot products: then one check of the vectors
+    # replaces a NaN scan of every (batch, n_items) score matrix.
+    finite_vectors = (
+        vector_mode
+        and bool(torch.isfinite(uv).all())
+        and bool(torch.isfinite(iv).all())
+        and _abs_max(uv) * _abs_max(iv) * max(uv.shape[1], 1) < 1e30
+    )
 
     n_greater = np.zeros(n, dtype=np.int64)
     n_tied = np.zeros(n, dtype=np.int64)
@@ -441,7 +459,7 @@ def evaluate_ranking(
                     )
                 scores = scores.float()
             n_items = scores.shape[1]
-            if torch.isnan(scores).any():
+            if not finite_vectors and torch.isnan(scores).any():
                 raise ValueError("scores contain NaN; a NaN target would count as rank 0. Check the model's outputs.")
             tgt = torch.tensor(targets_np[s:e], device=scores.device)
             if (tgt < 0).any() or (tgt >= n_items).any():
@@ -451,7 +469,7 @@ def evaluate_ranking(
                 raise ValueError(f"history item ids must lie in [0, {n_items}); check the item id mapping.")
             cols = torch.tensor(indices[lo:hi], device=scores.device)
             rows = torch.as_tensor(np.repeat(np.arange(e - s), np.diff(indptr[s : e + 1])), device=scores.device)
-            g, t, masked = _rank_counts(scores, tgt, rows, cols)
+            g, t, masked = _rank_counts(scores, tgt, rows, cols, return_masked=top is not None)
             n_greater[s:e] = g.cpu().numpy()
             n_tied[s:e] = t.cpu().numpy()
             if top is not None:

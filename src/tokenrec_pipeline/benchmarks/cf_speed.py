@@ -1,0 +1,342 @@
+"""LightGCN / BPR-MF epoch and validation seconds, beside RecBole 1.2.1's LightGCN on the same data.
+
+    python -m tokenrec_pipeline.benchmarks.cf_speed [--interactions 200000] [--batch-size 2048]
+        [--epochs 3] [--repeats 3] [--models lightgcn mf] [--before-ref COMMIT]
+        [--recbole-python /tmp/recbole-venv/bin/python] [--recbole-epochs 2] [--threads 1]
+
+Data: the project's synthetic generator at about ``--interactions`` interactions (the cost-curves
+benchmark's sizing: N/20 users, N/50 items), through the ingestion + preprocessing node functions
+(5-core, leave-one-out with 10% unseen users); the model trains on the seen users' train rows and
+validates on their valid rows, with ``conf/base/parameters_cf_pretraining.yml``'s settings.
+
+Per model and code version, each figure is a median over ``--repeats`` interleaved measurements:
+
+* ``epoch s`` -- one training epoch (shuffle, negative sampling, every mini-batch step):
+  ``(T(1 + E epochs) - T(1 epoch)) / E`` of ``train_cf`` without validation, so set-up and the
+  closing fold-in statistics cancel out.
+* ``valid s`` -- one full-ranking validation of every seen user (NDCG@20 for early stopping):
+  ``(T(1 + E epochs, validating each) - T(1 + E epochs)) / (1 + E)``.
+
+``--before-ref`` also loads ``models/cf.py`` and ``models/evaluation.py`` as they are at that git
+commit (``git show``) into this process and measures them the same way, interleaved with the
+current code, and prints the ratios: same process, same data, same load on the machine.
+
+RecBole anchor: RecBole's ``LightGCN`` (``n_layers`` 3, d 64, the same batch size, learning rate
+and L2 weight, one uniform negative per positive) on exactly the same train / valid / test pairs
+(RecBole "benchmark files"), timed with its own ``Trainer``: ``_train_epoch`` per epoch (its data
+loader's negative sampling included) and ``evaluate`` on the validation users (full ranking). It
+runs in this interpreter when ``recbole`` is importable, otherwise in ``--recbole-python``'s (a
+separate virtual environment, so RecBole's pins never touch the project's); without either the
+benchmark says so and prints no anchor. Threads: torch runs with ``--threads`` (1 by default, the
+shared 2-core machines) in every process, RecBole's included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+
+RESULT_MARK = "RECBOLE_RESULT "
+CF_PARAMS = Path("conf") / "base" / "parameters_cf_pretraining.yml"
+
+
+def _project_root() -> Path:
+    """The checkout this module belongs to (``src/tokenrec_pipeline/benchmarks/`` -> root)."""
+    return Path(__file__).resolve().parents[3]
+
+
+# ----------------------------------------------------------------------------------------------
+# Code versions
+# ----------------------------------------------------------------------------------------------
+
+
+def _module_from_source(name: str, source: str, path: str) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.__file__ = path
+    sys.modules[name] = module  # dataclasses look their module up while the class body runs
+    exec(compile(source, path, "exec"), module.__dict__)
+    return module
+
+
+def load_cf_at_ref(ref: str, repo: Path) -> types.ModuleType:
+    """``models/cf.py`` as of git ``ref``, bound to ``models/evaluation.py`` of the same commit.
+
+    The old evaluation module is put in ``sys.modules`` under its real name only while the old
+    ``cf`` source executes (so its ``from ... import`` binds the old functions), then restored.
+    """
+    def show(path: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), "show", f"{ref}:src/tokenrec_pipeline/models/{path}"],
+                              check=True, capture_output=True, text=True).stdout
+
+    name = "tokenrec_pipeline.models.evaluation"
+    current = sys.modules[name]
+    old_evaluation = _module_from_source(f"_cf_speed_before_{ref}_evaluation", show("evaluation.py"),
+                                         f"{ref}:evaluation.py")
+    sys.modules[name] = old_evaluation
+    try:
+        return _module_from_source(f"_cf_speed_before_{ref}_cf", show("cf.py"), f"{ref}:cf.py")
+    finally:
+        sys.modules[name] = current
+
+
+# ----------------------------------------------------------------------------------------------
+# Our models
+# ----------------------------------------------------------------------------------------------
+
+
+def model_config(cf_module: types.ModuleType, model: str, batch_size: int, **overrides):
+    """``cf_pretraining.<model>`` from the YAML as the given module's ``CFConfig`` (CPU, seed 0)."""
+    import yaml
+
+    params = yaml.safe_load(_project_root().joinpath(CF_PARAMS).read_text())["cf_pretraining"][model]
+    fields = set(cf_module.CFConfig.__dataclass_fields__)
+    kwargs = {k: v for k, v in params.items() if k in fields}
+    kwargs.update(model=model, batch_size=batch_size, device="cpu", seed=0, show_progress=False, **overrides)
+    return cf_module.CFConfig(**kwargs)
+
+
+def _timed_fit(cf_module: types.ModuleType, train, valid, config) -> tuple[float, float]:
+    """(process CPU seconds, wall seconds) of one ``train_cf`` call."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    cf_module.train_cf(train, config, valid)
+    return time.process_time() - cpu, time.perf_counter() - wall
+
+
+def measure_model(cf_module: types.ModuleType, model: str, data: dict, batch_size: int, epochs: int) -> dict:
+    """One measurement of (epoch seconds, validation seconds) for ``model`` with ``cf_module``."""
+    train = cf_module.TrainInteractions(data["users"], data["items"], data["n_seen"], data["n_items"])
+    no_stop = epochs + 10  # patience above the epoch count: every epoch runs
+    one = _timed_fit(cf_module, train, None, model_config(cf_module, model, batch_size, epochs=1))
+    many = _timed_fit(cf_module, train, None, model_config(cf_module, model, batch_size, epochs=1 + epochs))
+    validating = model_config(cf_module, model, batch_size, epochs=1 + epochs, patience=no_stop, eval_every=1)
+    validated = _timed_fit(cf_module, train, data["valid"], validating)
+    out = {}
+    for clock, (c1, cn, cv) in (("", (one[0], many[0], validated[0])), ("wall_", (one[1], many[1], validated[1]))):
+        out[f"{clock}epoch_s"] = (cn - c1) / epochs
+        out[f"{clock}valid_s"] = (cv - cn) / (1 + epochs)
+    return out
+
+
+def measure_quality(cf_module: types.ModuleType, model: str, data: dict, batch_size: int, epochs: int) -> float:
+    """Valid NDCG@20 after ``epochs`` epochs (same seed): the versions train the same model."""
+    train = cf_module.TrainInteractions(data["users"], data["items"], data["n_seen"], data["n_items"])
+    config = model_config(cf_module, model, batch_size, epochs=epochs, patience=epochs + 10)
+    return float(cf_module.train_cf(train, config, data["valid"]).best_valid_metrics["NDCG@20"])
+
+
+# ----------------------------------------------------------------------------------------------
+# RecBole anchor
+# ----------------------------------------------------------------------------------------------
+
+
+def _write_atomic(folder: Path, name: str, users: np.ndarray, items: np.ndarray) -> None:
+    lines = ["user_id:token\titem_id:token"] + [f"u{u}\ti{i}" for u, i in zip(users.tolist(), items.tolist())]
+    (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
+
+
+def write_recbole_dataset(folder: Path, data: dict) -> None:
+    """The same train / valid / test pairs as RecBole benchmark files ``cf.{train,valid,test}.inter``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_atomic(folder, "cf.train", data["users"], data["items"])
+    _write_atomic(folder, "cf.valid", data["valid_users"], data["valid_items"])
+    _write_atomic(folder, "cf.test", data["valid_users"], data["valid_items"])  # unused: validation only
+
+
+def recbole_worker(data_dir: Path, batch_size: int, epochs: int, lr: float, reg_weight: float, threads: int) -> dict:
+    """Train RecBole's LightGCN for ``epochs`` epochs on ``data_dir/cf``; seconds per epoch and per validation."""
+    import logging
+
+    import torch
+
+    torch.set_num_threads(threads)
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.model.general_recommender import LightGCN
+    from recbole.trainer import Trainer
+    from recbole.utils import init_seed
+
+    config = Config(model="LightGCN", dataset="cf", config_dict={
+        "data_path": str(data_dir), "benchmark_filename": ["train", "valid", "test"],
+        "load_col": {"inter": ["user_id", "item_id"]}, "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id",
+        "embedding_size": 64, "n_layers": 3, "reg_weight": reg_weight, "learning_rate": lr,
+        "train_batch_size": batch_size, "eval_batch_size": 4096, "epochs": epochs,
+        "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1},
+        "eval_args": {"mode": "full", "order": "RO", "group_by": "user"},
+        "metrics": ["NDCG"], "topk": [20], "valid_metric": "NDCG@20",
+        "device": "cpu", "use_gpu": False, "worker": 0, "seed": 0, "reproducibility": True,
+        "show_progress": False, "checkpoint_dir": str(data_dir / "saved"), "log_wandb": False, "state": "ERROR",
+    })
+    init_seed(config["seed"], config["reproducibility"])
+    logging.disable(logging.WARNING)
+    dataset = create_dataset(config)
+    train_data, valid_data, _ = data_preparation(config, dataset)
+    model = LightGCN(config, train_data.dataset).to(config["device"])
+    trainer = Trainer(config, model)
+    epoch_cpu, epoch_wall = [], []
+    for epoch in range(epochs):
+        cpu, wall = time.process_time(), time.perf_counter()
+        trainer._train_epoch(train_data, epoch, show_progress=False)
+        epoch_cpu.append(time.process_time() - cpu)
+        epoch_wall.append(time.perf_counter() - wall)
+    cpu, wall = time.process_time(), time.perf_counter()
+    result = trainer.evaluate(valid_data, load_best_model=False, show_progress=False)
+    valid_cpu, valid_wall = time.process_time() - cpu, time.perf_counter() - wall
+    import recbole
+
+    return {"recbole": recbole.__version__, "torch": torch.__version__,
+            "epoch_s": epoch_cpu, "wall_epoch_s": epoch_wall,
+            "valid_s": valid_cpu, "wall_valid_s": valid_wall, "valid_ndcg20": float(result["ndcg@20"]),
+            "n_users": dataset.user_num - 1, "n_items": dataset.item_num - 1, "n_train": len(train_data.dataset)}
+
+
+def run_recbole(data: dict, args: argparse.Namespace, lr: float, reg_weight: float) -> dict | None:
+    """RecBole's figures, in this interpreter or ``--recbole-python``'s; None (and why) when neither has it."""
+    in_process = importlib.util.find_spec("recbole") is not None
+    if not in_process and args.recbole_python is None:
+        print("RecBole anchor: skipped -- `recbole` is not importable here and no --recbole-python was given "
+              "(install recbole==1.2.1 into a separate virtual environment, see README 'Speed').", flush=True)
+        return None
+    with tempfile.TemporaryDirectory(prefix="cf_speed_recbole_") as tmp:
+        folder = Path(tmp)
+        write_recbole_dataset(folder / "cf", data)
+        worker_args = [str(folder), str(args.batch_size), str(args.recbole_epochs), str(lr), str(reg_weight),
+                       str(args.threads)]
+        if in_process:
+            return recbole_worker(folder, args.batch_size, args.recbole_epochs, lr, reg_weight, args.threads)
+        command = [str(args.recbole_python), str(Path(__file__).resolve()), "--recbole-worker", *worker_args]
+        done = subprocess.run(command, capture_output=True, text=True)
+        marked = [line for line in done.stdout.splitlines() if line.startswith(RESULT_MARK)]
+        if done.returncode != 0 or not marked:
+            print(f"RecBole anchor: failed in {args.recbole_python} (exit {done.returncode}):\n{done.stderr[-3000:]}")
+            return None
+        return json.loads(marked[-1][len(RESULT_MARK):])
+
+
+# ----------------------------------------------------------------------------------------------
+# Benchmark
+# ----------------------------------------------------------------------------------------------
+
+
+def prepare_data(n_interactions: int) -> tuple[dict, dict]:
+    """Train pairs of the seen users, their validation inputs and the sizes, from the synthetic log."""
+    from tokenrec_pipeline.benchmarks.cost_curves import run_data_stage
+    from tokenrec_pipeline.models.cf import train_interactions_from_splits
+    from tokenrec_pipeline.models.evaluation import eval_inputs_from_splits
+
+    split, sizes = run_data_stage(n_interactions)
+    train = train_interactions_from_splits(split)
+    valid = eval_inputs_from_splits(split, "seen", "valid")
+    data = {"users": train.users, "items": train.items, "n_seen": train.n_seen_users, "n_items": train.n_items,
+            "valid": valid, "valid_users": np.asarray(valid.users), "valid_items": np.asarray(valid.targets)}
+    return data, sizes
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--interactions", type=int, default=200_000, help="synthetic log size (before 5-core)")
+    parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument("--epochs", type=int, default=3, help="E: epochs per timed fit after the first")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved measurements per version (median)")
+    parser.add_argument("--models", nargs="+", choices=["lightgcn", "mf"], default=["lightgcn", "mf"])
+    parser.add_argument("--before-ref", default=None, help="also measure cf.py / evaluation.py at this git commit")
+    parser.add_argument("--quality-epochs", type=int, default=0,
+                        help="also train N epochs per version and print valid NDCG@20 (0: skip)")
+    parser.add_argument("--recbole-python", type=Path, default=None,
+                        help="interpreter of a venv with recbole==1.2.1 (when recbole is not importable here)")
+    parser.add_argument("--recbole-epochs", type=int, default=2, help="RecBole epochs to time (0: no anchor)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the shared 2-core machines)")
+    args = parser.parse_args(argv)
+
+    import torch
+    import yaml
+
+    torch.set_num_threads(args.threads)
+    from tokenrec_pipeline.models import cf as cf_now
+
+    data, sizes = prepare_data(args.interactions)
+    print(f"data: synthetic ~{args.interactions:,} -> {sizes['interactions']:,} interactions after 5-core "
+          f"({sizes['users']:,} users, {sizes['items']:,} items); train pairs {len(data['users']):,} of "
+          f"{data['n_seen']:,} seen users; {len(data['valid_users']):,} validation users; batch {args.batch_size}; "
+          f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}", flush=True)
+    versions = {"now": cf_now}
+    if args.before_ref:
+        versions[f"before ({args.before_ref[:10]})"] = load_cf_at_ref(args.before_ref, _project_root())
+
+    rows: dict[tuple[str, str], list[dict]] = {}
+    for repeat in range(args.repeats):
+        for model in args.models:
+            for label, module in versions.items():
+                m = measure_model(module, model, data, args.batch_size, args.epochs)
+                rows.setdefault((model, label), []).append(m)
+                print(f"  repeat {repeat + 1}: {model:<8} {label:<20} epoch {m['epoch_s']:.3f}s CPU "
+                      f"({m['wall_epoch_s']:.3f}s wall), validation {m['valid_s']:.3f}s CPU "
+                      f"({m['wall_valid_s']:.3f}s wall)",
+                      flush=True)
+    quality = {}
+    if args.quality_epochs:
+        for model in args.models:
+            for label, module in versions.items():
+                quality[(model, label)] = measure_quality(module, model, data, args.batch_size, args.quality_epochs)
+
+    params = yaml.safe_load(_project_root().joinpath(CF_PARAMS).read_text())["cf_pretraining"]
+    anchor = None
+    if args.recbole_epochs > 0 and "lightgcn" in args.models:
+        anchor = run_recbole(data, args, float(params["lightgcn"]["lr"]), float(params["lightgcn"]["lambda_reg"]))
+
+    print(f"\nmedians of {args.repeats} interleaved measurements; CPU = this process' CPU seconds (stable on a shared "
+          f"machine), wall = elapsed; epoch: (T(1+{args.epochs}) - T(1)) / {args.epochs}; validation: full ranking of "
+          f"{len(data['valid_users']):,} users")
+    header = (f"{'model':<10} {'code':<22} {'epoch CPU s':>11} {'valid CPU s':>11} {'epoch wall s':>12} "
+              f"{'valid wall s':>12}")
+    if quality:
+        header += f" {'valid NDCG@20 @' + str(args.quality_epochs):>18}"
+    print(header)
+    print("-" * len(header))
+    medians = {}
+    for (model, label), ms in rows.items():
+        med = {key: statistics.median(m[key] for m in ms)
+               for key in ("epoch_s", "valid_s", "wall_epoch_s", "wall_valid_s")}
+        medians[(model, label)] = med
+        line = (f"{model:<10} {label:<22} {med['epoch_s']:>11.3f} {med['valid_s']:>11.3f} {med['wall_epoch_s']:>12.3f} "
+                f"{med['wall_valid_s']:>12.3f}")
+        if quality:
+            line += f" {quality[(model, label)]:>18.4f}"
+        print(line)
+    if anchor is not None:
+        print(f"{'lightgcn':<10} {'RecBole ' + anchor['recbole']:<22} {statistics.median(anchor['epoch_s']):>11.3f} "
+              f"{anchor['valid_s']:>11.3f} {statistics.median(anchor['wall_epoch_s']):>12.3f} "
+              f"{anchor['wall_valid_s']:>12.3f}   (median of {len(anchor['epoch_s'])} epochs, its own process; RecBole "
+              f"saw {anchor['n_users']:,} users, {anchor['n_items']:,} items, {anchor['n_train']:,} train pairs)")
+    summary = []
+    for model in args.models:
+        now = medians[(model, "now")]
+        for label in versions:
+            if label != "now":
+                before = medians[(model, label)]
+                summary.append(f"{model} epoch CPU {before['epoch_s']:.2f}s -> {now['epoch_s']:.2f}s "
+                               f"({before['epoch_s'] / now['epoch_s']:.1f}x), validation CPU "
+                               f"{before['valid_s']:.2f}s -> {now['valid_s']:.2f}s "
+                               f"({before['valid_s'] / now['valid_s']:.1f}x)")
+        if model == "lightgcn" and anchor is not None:
+            rb_epoch = statistics.median(anchor["epoch_s"])
+            summary.append(f"lightgcn epoch CPU vs RecBole {rb_epoch:.2f}s: {rb_epoch / now['epoch_s']:.1f}x faster")
+    print("\nSUMMARY: " + "; ".join(summary or ["no comparison requested"]), flush=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--recbole-worker":
+        folder, batch, epochs, lr, reg, threads = sys.argv[2:8]
+        result = recbole_worker(Path(folder), int(batch), int(epochs), float(lr), float(reg), int(threads))
+        print(RESULT_MARK + json.dumps(result), flush=True)
+    else:
+        main()
