@@ -25,7 +25,7 @@ def test_data_stages_write_artefacts_and_one_mlflow_run(kedro_project):
     assert len(runs) == 1
     run = runs.iloc[0]
     assert run["params.dataset"] == "synthetic" and run["params.ingestion.synthetic.n_users"] == "120"
-    assert run["metrics.dataset_statistics_metrics.data.all.users"] == split["user_id"].nunique()
+    assert run["metrics.data.all.users"] == split["user_id"].nunique()
     assert run["tags.dataset"] == "synthetic"
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run["run_id"], "data")}
     assert artifacts == {"data/dataset_statistics.csv", "data/ingestion_metadata.json"}
