@@ -366,3 +366,16 @@ def test_make_optimizer_is_fused_on_cpu_and_matches_unfused() -> None:
         fused.step()
         plain.step()
     torch.testing.assert_close(fused_param, plain_param, rtol=0, atol=1e-6)
+
+
+def test_gather_rows_gradient_equals_indexing_with_repeated_rows() -> None:
+    table = torch.randn(9, 3, requires_grad=True)
+    index = torch.tensor([4, 0, 4, 8, 4, 2])  # repeated rows must accumulate
+    upstream = torch.randn(6, 3)
+    (cf.gather_rows(table, index) * upstream).sum().backward()
+    ours = table.grad.clone()
+    table.grad = None
+    (table[index] * upstream).sum().backward()
+    torch.testing.assert_close(ours, table.grad, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ours[4], upstream[[0, 2, 4]].sum(0), rtol=0, atol=1e-6)
+    assert torch.all(ours[[1, 3, 5, 6, 7]] == 0)

@@ -155,10 +155,12 @@ def write_recbole_dataset(folder: Path, data: dict) -> None:
 def recbole_worker(data_dir: Path, batch_size: int, epochs: int, lr: float, reg_weight: float, threads: int) -> dict:
     """Train RecBole's LightGCN for ``epochs`` epochs on ``data_dir/cf``; seconds per epoch and per validation."""
     import logging
+    import os
 
     import torch
 
     torch.set_num_threads(threads)
+    os.chdir(data_dir)  # RecBole's Trainer writes log_tensorboard/ into the working directory
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
     from recbole.model.general_recommender import LightGCN

@@ -435,6 +435,31 @@ def make_optimizer(config: CFConfig, params: Sequence[Tensor]) -> torch.optim.Op
     return cls(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
 
+class _GatherRows(torch.autograd.Function):
+    """``table[index]`` whose backward scatters the rows' gradients with one ``index_add_``.
+
+    Advanced indexing's backward sorts the index and zero-fills through ``index_put_``; on CPU
+    ``index_add_`` runs sequentially in index order, so it is deterministic and gives the same sums.
+    """
+
+    @staticmethod
+    def forward(ctx, table: Tensor, index: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(index)
+        ctx.n_rows = table.shape[0]
+        return table.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (index,) = ctx.saved_tensors
+        return grad.new_zeros((ctx.n_rows, grad.shape[1])).index_add_(0, index, grad), None
+
+
+def gather_rows(table: Tensor, index: Tensor) -> Tensor:
+    """Rows ``index`` of ``table`` (differentiable); :class:`_GatherRows` on CPU, plain indexing
+    elsewhere (CUDA's ``index_add_`` uses atomics: not bit-reproducible)."""
+    return _GatherRows.apply(table, index) if table.device.type == "cpu" else table[index]
+
+
 def bpr_step(
     model: nn.Module,
     adjacency: Tensor | None,
@@ -447,14 +472,16 @@ def bpr_step(
     """One BPR step on node ids (items already offset by ``n_seen_users``); returns the detached loss.
 
     Propagates the whole graph once, gathers the batch's user / positive / negative rows in one
-    index (one scatter in the backward pass instead of three) and regularises the layer-0
-    embeddings of every (u, i, j) occurrence, as LightGCN does.
+    index (one scatter in the backward pass instead of three, :func:`gather_rows`) and regularises
+    the layer-0 embeddings of every (u, i, j) occurrence, as LightGCN does.
     """
     node_ids = torch.cat([users, positives, negatives])
-    user_vec, pos_vec, neg_vec = model.get_embedding(adjacency)[node_ids].chunk(3)
+    user_vec, pos_vec, neg_vec = gather_rows(model.get_embedding(adjacency), node_ids).chunk(3)
     pos_rank = (user_vec * pos_vec).sum(dim=-1)
     neg_rank = (user_vec * neg_vec).sum(dim=-1)
-    loss = model.recommendation_loss(pos_rank, neg_rank, node_id=node_ids, lambda_reg=lambda_reg)
+    # = model.recommendation_loss(pos_rank, neg_rank, node_id=node_ids, lambda_reg=lambda_reg),
+    # with the layer-0 rows gathered by gather_rows too.
+    loss = BPRLoss(lambda_reg)(pos_rank, neg_rank, gather_rows(model.embedding.weight, node_ids))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
