@@ -383,3 +383,48 @@ def test_malformed_token_string_is_rejected() -> None:
         token_strings_to_codes(["<u1-3><u2-4>"], "u", 3)
     with pytest.raises(ValueError, match="not 3 tokens"):
         token_strings_to_codes(["<u1-3><u3-4><u2-5>"], "u", 3)
+
+
+def _reseed_recomputing_every_level(model, x: torch.Tensor, noise: float) -> int:
+    """The re-seeding rule with a fresh quantisation pass before every codebook (the reference)."""
+    from tokenrec_pipeline.models.tokenizers.training import quantize_all
+
+    replaced = 0
+    with torch.no_grad():
+        for k, codebook in enumerate(model.codebooks):
+            latents, codes, words = quantize_all(model, x)
+            dead = (torch.bincount(codes[:, k], minlength=codebook.size) == 0).nonzero().squeeze(1)
+            if dead.numel() == 0:
+                continue
+            z = latents[:, k]
+            pool = (z - words[:, k]).pow(2).sum(dim=1).topk(min(z.shape[0], 2 * dead.numel())).indices
+            chosen = pool[torch.randperm(pool.numel())[: dead.numel()]]
+            codebook.weight[dead] = z[chosen] + torch.randn(dead.numel(), z.shape[1]) * z.std(dim=0) * noise
+            replaced += int(dead.numel())
+    return replaced
+
+
+@pytest.mark.parametrize("quantizer", ["mq", "rqvae"])
+def test_reseeding_from_a_shared_quantisation_pass_equals_recomputing(quantizer: str) -> None:
+    """Re-seeding with the evaluation pass's codes (MQ: one pass for all K codebooks) changes the
+    codebooks exactly as recomputing before every level does; residual models still recompute."""
+    from tokenrec_pipeline.models.tokenizers.training import quantize_all, reseed_dead_codewords
+
+    x, _ = clustered(n_clusters=8, per_cluster=100)  # 800 points: the worst-served pool is a real choice
+    config = TokenizerConfig.from_dict({**SMALL, "quantizer": quantizer, "codebook_size": 32})
+    torch.manual_seed(0)
+    model = build_model(config, D)
+    x_t = torch.from_numpy(x)
+    kmeans_init_codebooks(model, x_t, n_iter=5, seed=0)
+    with torch.no_grad():  # kill codewords in every codebook: far from every latent
+        for codebook in model.codebooks:
+            codebook.weight[:8] += 100.0
+    twin = build_model(config, D)
+    twin.load_state_dict(model.state_dict())
+    torch.manual_seed(1)
+    reference = _reseed_recomputing_every_level(model, x_t, noise=0.01)
+    torch.manual_seed(1)
+    shared = reseed_dead_codewords(twin, x_t, noise=0.01, quantized=quantize_all(twin, x_t))
+    assert reference == shared == 3 * 8
+    for ours, expected in zip(twin.codebooks, model.codebooks):
+        assert torch.equal(ours.weight, expected.weight)

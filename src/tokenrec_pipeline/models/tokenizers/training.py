@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .config import TokenizerConfig, TokenizerConfigError
 from .diagnostics import collision_rate
-from .modules import TokenizerModel, TokenizerOutput, build_model
+from .modules import ResidualVQVAEModel, TokenizerModel, TokenizerOutput, build_model
 
 if TYPE_CHECKING:
     from .fitted import FittedTokenizer
@@ -109,7 +109,9 @@ def kmeans_init_codebooks(model: TokenizerModel, x: Tensor, n_iter: int, seed: i
 
 
 @torch.no_grad()
-def reseed_dead_codewords(model: TokenizerModel, x: Tensor, noise: float) -> int:
+def reseed_dead_codewords(
+    model: TokenizerModel, x: Tensor, noise: float, quantized: tuple[Tensor, Tensor, Tensor] | None = None
+) -> int:
     """Replace codewords that no training embedding maps to; return how many were replaced.
 
     For each codebook k (in order, recomputing latents so residual levels see the new codewords):
@@ -121,10 +123,19 @@ def reseed_dead_codewords(model: TokenizerModel, x: Tensor, noise: float) -> int
     draw and the noise keep two new codewords from landing on the same point.
 
     Usage is measured in eval mode (no masking), i.e. exactly as ``encode`` will assign tokens.
+    ``quantized`` is ``quantize_all(model, x)`` of the current weights when the caller already has
+    it. A pass over ``x`` is only repeated after a codebook was changed and only for residual
+    models, whose later levels quantise what the earlier ones left: in MQ and the product VQ-VAE
+    codebook k's codes do not depend on the other codebooks, so one pass serves all K (same
+    result as recomputing, one pass instead of K).
     """
+    nested = isinstance(model, ResidualVQVAEModel)
+    current = quantized
     replaced = 0
     for k, codebook in enumerate(model.codebooks):
-        latents, codes, words = quantize_all(model, x)
+        if current is None:
+            current = quantize_all(model, x)
+        latents, codes, words = current
         counts = torch.bincount(codes[:, k], minlength=codebook.size)
         dead = (counts == 0).nonzero().squeeze(1)
         n_dead = int(dead.numel())
@@ -137,6 +148,8 @@ def reseed_dead_codewords(model: TokenizerModel, x: Tensor, noise: float) -> int
         jitter = torch.randn(n_dead, z.shape[1], device=z.device) * z.std(dim=0) * noise
         codebook.weight[dead] = z[chosen] + jitter
         replaced += n_dead
+        if nested:
+            current = None  # later levels quantise residuals of this codebook: recompute
     return replaced
 
 
@@ -154,9 +167,8 @@ def _recon_mse(model: TokenizerModel, x: Tensor) -> float:
     return total / x.numel() * scale**2
 
 
-def _code_stats(model: TokenizerModel, x: Tensor) -> tuple[list[float], float]:
-    """Per-codebook utilisation (fraction of codewords used) and collision rate of ``x``'s codes."""
-    _, codes, _ = quantize_all(model, x)
+def _code_stats(model: TokenizerModel, codes: Tensor) -> tuple[list[float], float]:
+    """Per-codebook utilisation (fraction of codewords used) and collision rate of ``codes`` ``(N, K)``."""
     utilisation = [
         float((torch.bincount(codes[:, k], minlength=cb.size) > 0).float().mean())
         for k, cb in enumerate(model.codebooks)
@@ -231,7 +243,8 @@ def fit_tokenizer(embeddings: np.ndarray | Tensor, config: TokenizerConfig | dic
         x_valid = x_std[torch.from_numpy(valid_idx).to(device)] if valid_idx.size else x_train
 
         kmeans_init_codebooks(model, x_train, config.kmeans_iters, config.seed)
-        history = [{"epoch": 0, **_evaluate(model, x_train, x_valid)}]
+        init_metrics, _ = _evaluate(model, x_train, x_valid)
+        history = [{"epoch": 0, **init_metrics}]
         best_epoch = 0
         if model.trainable and config.epochs > 0:
             best_epoch = _train(model, x_train, x_valid, config, history)
@@ -256,15 +269,20 @@ def fit_tokenizer(embeddings: np.ndarray | Tensor, config: TokenizerConfig | dic
     return fitted
 
 
-def _evaluate(model: TokenizerModel, x_train: Tensor, x_valid: Tensor) -> dict[str, float]:
+def _evaluate(
+    model: TokenizerModel, x_train: Tensor, x_valid: Tensor
+) -> tuple[dict[str, float], tuple[Tensor, Tensor, Tensor]]:
     """History metrics of the current weights: held-out recon MSE (original units), and the
-    smallest codebook utilisation and the collision rate of the training ids' codes."""
-    utilisation, collisions = _code_stats(model, x_train)
-    return {
+    smallest codebook utilisation and the collision rate of the training ids' codes; plus the
+    training ids' ``quantize_all`` output the statistics were computed from (re-seeding reuses it)."""
+    quantized = quantize_all(model, x_train)
+    utilisation, collisions = _code_stats(model, quantized[1])
+    metrics = {
         "valid_recon_mse": _recon_mse(model, x_valid),
         "utilisation_min": min(utilisation),
         "train_collision_rate": collisions,
     }
+    return metrics, quantized
 
 
 def _train(
@@ -295,7 +313,7 @@ def _train(
     bar = tqdm(range(1, config.epochs + 1), desc=f"{config.quantizer} tokenizer", unit="epoch", disable=None)
     for epoch in bar:
         model.train()
-        sums = {"loss": 0.0, "recon": 0.0, "codebook": 0.0, "commitment": 0.0}
+        step_losses: list[Tensor] = []  # (4,) per step, batch-size weighted; read once per epoch (no sync per step)
         perm = torch.randperm(n, device=x_train.device)
         for i in range(0, n, config.batch_size):
             xb = x_train[perm[i : i + config.batch_size]]
@@ -303,14 +321,13 @@ def _train(
             optimizer.zero_grad(set_to_none=True)
             losses.total.backward()
             optimizer.step()
-            weight = xb.shape[0] / n
-            for key, value in (
-                ("loss", losses.total), ("recon", losses.recon),
-                ("codebook", losses.codebook), ("commitment", losses.commitment),
-            ):  # fmt: skip
-                sums[key] += value.item() * weight
+            terms = torch.stack([losses.total, losses.recon, losses.codebook, losses.commitment]).detach()
+            step_losses.append(terms * (xb.shape[0] / n))
+        epoch_terms = torch.stack(step_losses).double().sum(dim=0).tolist()
+        sums = dict(zip(("loss", "recon", "codebook", "commitment"), epoch_terms))
 
-        row: dict[str, float] = {"epoch": epoch, **sums, **_evaluate(model, x_train, x_valid)}
+        metrics, quantized = _evaluate(model, x_train, x_valid)
+        row: dict[str, float] = {"epoch": epoch, **sums, **metrics}
         if row["valid_recon_mse"] < best_mse:
             best_mse, best_epoch, stale = row["valid_recon_mse"], epoch, 0
             best_state = copy.deepcopy(model.state_dict())
@@ -319,7 +336,7 @@ def _train(
         stop = stale >= config.patience
         row["reseeded"] = 0.0
         if config.reseed_dead_codes and not stop and epoch < config.epochs:
-            row["reseeded"] = float(reseed_dead_codewords(model, x_train, config.reseed_noise))
+            row["reseeded"] = float(reseed_dead_codewords(model, x_train, config.reseed_noise, quantized))
         history.append(row)
         bar.set_postfix(
             recon=f"{sums['recon']:.3g}", valid_mse=f"{row['valid_recon_mse']:.3g}",
