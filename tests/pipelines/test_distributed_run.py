@@ -57,6 +57,9 @@ def test_distributed_full_run_then_a_failing_worker_leaves_the_model_intact(kedr
     histories[1] = np.array([-1])
     valid["history"] = histories
     valid.to_parquet(valid_path, index=False)
+    # A hand-edited artefact is refused by the artefact manifest before any node runs (tested in
+    # tests/test_artefact_manifest.py); without records nothing is judged, so the worker's own failure is reached.
+    (kedro_project / "data/artefact_manifest.json").unlink()
     result = subprocess.run([sys.executable, "-m", "kedro", "run", "--pipelines=llm4rec"], cwd=kedro_project,
                             capture_output=True, text=True, env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"})
     assert result.returncode != 0
