@@ -55,3 +55,36 @@ def test_recommend_items_names_top_k_for_any_bad_value():
     for bad in ("ten", 2.7, 0, True, None):
         with pytest.raises(ValueError, match="recommend.top_k must be an integer >= 1"):
             recommend_items(None, None, pd.DataFrame(), pd.DataFrame(), bad)
+
+
+@pytest.mark.parametrize("fold_in", ["mean", "symmetric"])
+def test_a_served_new_user_gets_the_vector_the_evaluation_scored(fold_in):
+    """cf_embeddings records its fold-in rule; serving folds a new user in with it (and its scale), so a served
+    user equals the evaluated unseen user with the same history, whatever cf_pretraining.fold_in says."""
+    import numpy as np
+    import torch
+
+    from tokenrec_pipeline.core.artefacts import recorded_fold_in_method
+    from tokenrec_pipeline.data.preprocess import filter_k_core, split_leave_one_out, to_implicit_feedback
+    from tokenrec_pipeline.data.synthetic import SyntheticConfig, generate_synthetic_interactions
+    from tokenrec_pipeline.models.evaluation import eval_inputs_from_splits
+    from tokenrec_pipeline.pipelines.cf_pretraining.nodes import train_cf_model
+    from tokenrec_pipeline.serving import new_user_vectors
+
+    log = generate_synthetic_interactions(SyntheticConfig(n_users=150, n_items=80, n_groups=4), 0)
+    core = filter_k_core(to_implicit_feedback(log.astype({"user": str, "item": str})), 5)
+    split, _, _ = split_leave_one_out(core, 0.1, seed=0)
+    embeddings = train_cf_model(split, {"model": "lightgcn", "epochs": 3, "embedding_dim": 16}, fold_in, 0,
+                                enabled=["lightgcn"])[0]
+    assert recorded_fold_in_method(embeddings) == fold_in
+    unseen = eval_inputs_from_splits(split, "unseen", "test")
+    histories = [unseen.history_indices[a:b].tolist()
+                 for a, b in zip(unseen.history_indptr[:-1], unseen.history_indptr[1:], strict=True)]
+    served = new_user_vectors(histories, embeddings)
+    torch.testing.assert_close(served, embeddings["unseen_user_embeddings"], atol=1e-5, rtol=1e-5)
+    other = "symmetric" if fold_in == "mean" else "mean"
+    with pytest.raises(ValueError, match=f"fitted for the fold-in rule '{fold_in}'"):
+        new_user_vectors(histories, embeddings, method=other)
+    legacy = {key: value for key, value in embeddings.items() if key != "fold_in_method"}
+    assert recorded_fold_in_method(legacy) == "symmetric"  # artefacts from before the record
+    assert np.isfinite(served.numpy()).all()

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tokenrec_pipeline.core.artefacts import recorded_fold_in_method
 from tokenrec_pipeline.models.cf import fold_in_item_embeddings, fold_in_user_embeddings
 from tokenrec_pipeline.models.item_index import ItemIndex, add_items
 from tokenrec_pipeline.models.item_space import items_for_index
@@ -121,21 +122,35 @@ def map_history(items: tuple[str, ...], item_ids: pd.Series, on_unknown: str, re
     return list(dict.fromkeys(int(i) for i in known))
 
 
+def _fold_in_method(cf_embeddings: dict, method: str | None) -> str:
+    recorded = recorded_fold_in_method(cf_embeddings)
+    if method is not None and method != recorded:
+        raise ValueError(f"cf_embeddings was fitted for the fold-in rule {recorded!r} (its scale is for that rule), "
+                         f"not {method!r}: rerun cf_pretraining with cf_pretraining.fold_in={method}.")
+    return recorded
+
+
+def new_user_vectors(histories: list[list[int]], cf_embeddings: dict, method: str | None = None) -> torch.Tensor:
+    """CF vectors of brand-new users from their item histories, folded in exactly as the evaluation folds in
+    unseen users: the rule ``cf_embeddings`` records, times the scale fitted for it. ``method``: ``None`` (the
+    recorded rule) or the rule the caller expects (an error if it is not the recorded one)."""
+    vectors = fold_in_user_embeddings(cf_embeddings["item_fold_in_basis"], histories, cf_embeddings["item_degree"],
+                                      _fold_in_method(cf_embeddings, method))
+    return vectors * cf_embeddings["user_fold_in_scale"]
+
+
 def new_user_tokens(histories: list[list[int]], cf_embeddings: dict, user_tokenizer: FittedTokenizer,
-                    user_prefix: str, method: str = "symmetric") -> list[str]:
-    """Token strings of brand-new users from their item histories (fold-in + fitted tokenizer).
+                    user_prefix: str, method: str | None = None) -> list[str]:
+    """Token strings of brand-new users from their item histories (:func:`new_user_vectors` + fitted tokenizer).
 
     Items added after training (``add_items``) have no fold-in basis; they still appear in the
     prompt and are excluded from the results, but the user's vector comes from the trained items.
-    ``method``: the fold-in rule (``cf_pretraining.fold_in``) whose scale ``cf_embeddings`` holds.
     """
     n_trained = cf_embeddings["item_fold_in_basis"].shape[0]
     trained = [[i for i in h if i < n_trained] for h in histories]
     if any(not h for h in trained):
         raise UnknownIdError("A new user's history holds only items added after training; add a trained item.")
-    vectors = fold_in_user_embeddings(cf_embeddings["item_fold_in_basis"], trained, cf_embeddings["item_degree"],
-                                      method)
-    vectors = vectors * cf_embeddings["user_fold_in_scale"]
+    vectors = new_user_vectors(trained, cf_embeddings, method)
     return codes_to_token_strings(np.asarray(user_tokenizer.encode(vectors)), user_prefix)
 
 
@@ -176,7 +191,8 @@ def build_request_prompts(requests: list[Request], interactions_split: pd.DataFr
 def add_new_items(index: ItemIndex, item_users: list[list[int]], new_item_ids: np.ndarray, cf_embeddings: dict,
                   item_tokenizer: FittedTokenizer, item_prefix: str) -> tuple[ItemIndex, torch.Tensor, list[str]]:
     """Fold in new items from their (known) users, add them to the index, and tokenise them."""
-    vectors = fold_in_item_embeddings(cf_embeddings["user_fold_in_basis"], item_users, cf_embeddings["user_degree"])
+    vectors = fold_in_item_embeddings(cf_embeddings["user_fold_in_basis"], item_users, cf_embeddings["user_degree"],
+                                      recorded_fold_in_method(cf_embeddings))
     vectors = vectors * cf_embeddings["item_fold_in_scale"]
     # Into the index's space (cosine, or MIPS with the training catalogue's largest norm).
     placed = items_for_index(vectors, index.dim, cf_embeddings["item_embeddings"])

@@ -7,6 +7,7 @@ import logging
 import pandas as pd
 import torch
 
+from tokenrec_pipeline.core.artefacts import FOLD_IN_KEY, encode_fold_in_method
 from tokenrec_pipeline.models.cf import (
     CFConfig,
     evaluate_cf,
@@ -103,6 +104,8 @@ def train_cf_model(
         "item_fold_in_basis": result.item_fold_in_basis,
         "user_fold_in_scale": torch.tensor([result.user_fold_in_scales[fold_in]], dtype=torch.float32),
         "item_fold_in_scale": torch.tensor([result.item_fold_in_scales[fold_in]], dtype=torch.float32),
+        # The rule those scales are for: serving folds new users / items in with it, as evaluated.
+        FOLD_IN_KEY: encode_fold_in_method(fold_in),
     }
     history = result.history.assign(model=model)
     logger.info(

@@ -1,0 +1,1 @@
+"""Artefact contracts shared by the stages (no Kedro imports)."""
