@@ -6,8 +6,9 @@
 
 Data: the project's synthetic generator at about ``--interactions`` interactions (the cost-curves
 benchmark's sizing: N/20 users, N/50 items), through the ingestion + preprocessing node functions
-(5-core, leave-one-out with 10% unseen users); the model trains on the seen users' train rows and
-validates on their valid rows, with ``conf/base/parameters_cf_pretraining.yml``'s settings.
+(5-core, leave-one-out with 10% unseen users), or ``--dataset lastfm|beauty`` from the shared data
+folder through the same protocol; the model trains on the seen users' train rows and validates on
+their valid rows, with ``conf/base/parameters_cf_pretraining.yml``'s settings.
 
 Per model and code version, each figure is a median over ``--repeats`` interleaved measurements:
 
@@ -229,13 +230,23 @@ def run_recbole(data: dict, args: argparse.Namespace, lr: float, reg_weight: flo
 # ----------------------------------------------------------------------------------------------
 
 
-def prepare_data(n_interactions: int) -> tuple[dict, dict]:
-    """Train pairs of the seen users, their validation inputs and the sizes, from the synthetic log."""
-    from tokenrec_pipeline.benchmarks.cost_curves import run_data_stage
+def prepare_data(n_interactions: int, dataset: str | None = None, shared_data: Path | None = None) -> tuple[dict, dict]:
+    """Train pairs of the seen users, their validation inputs and the sizes: from the synthetic log,
+    or from the authors' ``user_sequence.txt`` of ``dataset`` (lastfm | beauty) under ``shared_data``
+    through the protocol (5-core, leave-one-out, 10% unseen users, seed 42)."""
     from tokenrec_pipeline.models.cf import train_interactions_from_splits
     from tokenrec_pipeline.models.evaluation import eval_inputs_from_splits
 
-    split, sizes = run_data_stage(n_interactions)
+    if dataset is None:
+        from tokenrec_pipeline.benchmarks.cost_curves import run_data_stage
+
+        split, sizes = run_data_stage(n_interactions)
+    else:
+        from tokenrec_pipeline.benchmarks.cf_baselines import prepare
+
+        split = prepare(dataset, shared_data, 0.1, 5, 42)
+        sizes = {"interactions": int(len(split)), "users": int(split["user_id"].nunique()),
+                 "items": int(split["item_id"].nunique())}
     train = train_interactions_from_splits(split)
     valid = eval_inputs_from_splits(split, "seen", "valid")
     data = {"users": train.users, "items": train.items, "n_seen": train.n_seen_users, "n_items": train.n_items,
@@ -246,6 +257,9 @@ def prepare_data(n_interactions: int) -> tuple[dict, dict]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--interactions", type=int, default=200_000, help="synthetic log size (before 5-core)")
+    parser.add_argument("--dataset", choices=["lastfm", "beauty"], default=None,
+                        help="a real dataset from --shared-data instead of the synthetic log")
+    parser.add_argument("--shared-data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--batch-size", type=int, default=2048)
     parser.add_argument("--epochs", type=int, default=3, help="E: epochs per timed fit after the first")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved measurements per version (median)")
@@ -265,8 +279,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     from tokenrec_pipeline.models import cf as cf_now
 
-    data, sizes = prepare_data(args.interactions)
-    print(f"data: synthetic ~{args.interactions:,} -> {sizes['interactions']:,} interactions after 5-core "
+    data, sizes = prepare_data(args.interactions, args.dataset, args.shared_data)
+    source = f"synthetic ~{args.interactions:,}" if args.dataset is None else args.dataset
+    print(f"data: {source} -> {sizes['interactions']:,} interactions after 5-core "
           f"({sizes['users']:,} users, {sizes['items']:,} items); train pairs {len(data['users']):,} of "
           f"{data['n_seen']:,} seen users; {len(data['valid_users']):,} validation users; batch {args.batch_size}; "
           f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}", flush=True)

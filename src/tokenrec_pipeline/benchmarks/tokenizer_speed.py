@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quantizer", default="mq")
     parser.add_argument("--before-ref", default=None, help="also fit with training.py + YAML at this git commit")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override tokenizer parameters (now)")
+    parser.add_argument("--versions", nargs="+", choices=["now", "before"], default=["now", "before"],
+                        help="which code to fit with (before: needs --before-ref)")
     parser.add_argument("--threads", type=int, default=1, help="torch / faiss threads (1: the shared 2-core machines)")
     parser.add_argument("--make-synthetic-vectors", type=Path, default=None, metavar="OUT")
     parser.add_argument("--synthetic-items", type=int, default=23_000)
@@ -147,8 +149,10 @@ def main(argv: list[str] | None = None) -> None:
     for item in args.set:
         key, _, raw = item.partition("=")
         overrides[key] = yaml.safe_load(raw)
-    versions = {"now": (fit_tokenizer, (_project_root() / TOK_PARAMS).read_text(), overrides)}
-    if args.before_ref:
+    versions = {}
+    if "now" in args.versions:
+        versions["now"] = (fit_tokenizer, (_project_root() / TOK_PARAMS).read_text(), overrides)
+    if args.before_ref and "before" in args.versions:
         before = load_training_at_ref(args.before_ref)
         versions[f"before {args.before_ref[:10]}"] = (before.fit_tokenizer, _git_show(args.before_ref, TOK_PARAMS), {})
 
