@@ -1,0 +1,64 @@
+"""Model artefact folders: written atomically, read back with a versioned JSON config.
+
+A model saved with ``save_pretrained`` (LLM4Rec, the autoregressive baseline) is a folder holding a JSON
+file ``{"config": ..., "state": {"format_version": ..., ...}}`` next to its weights.
+:func:`staged_folder` writes such a folder next to its target and renames it into place, so a crash never
+leaves a half-written model where a reader expects a complete one; :func:`read_saved_config` reads the JSON
+back and checks its format version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def staged_folder(folder: str | os.PathLike[str], config_file: str, refusal: str) -> Iterator[Path]:
+    """Yield an empty sibling staging folder that replaces ``folder`` when the block succeeds.
+
+    Refuses (``FileExistsError``: "<folder> exists and <refusal>") a non-empty ``folder`` without
+    ``config_file`` (not a model artefact); on any error the staging folder is removed and ``folder`` is
+    left untouched.
+    """
+    target = Path(folder)
+    if target.exists() and not (target / config_file).exists() and any(target.iterdir()):
+        raise FileExistsError(f"{target} exists and {refusal}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+        _replace_folder(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _replace_folder(staging: Path, target: Path) -> None:
+    """Move ``staging`` to ``target``; an existing target is renamed aside first and deleted afterwards."""
+    backup = None
+    if target.exists():
+        backup = target.with_name(f".{target.name}.old-{os.getpid()}-{time.time_ns()}")
+        os.replace(target, backup)
+    os.replace(staging, target)
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def read_saved_config(source: Path, config_file: str, format_version: int, remedy: str) -> dict:
+    """The ``{"config": ..., "state": ...}`` JSON a ``save_pretrained`` folder holds, checked for presence
+    and format version (``remedy`` says what to do when the file is missing)."""
+    config_path = source / config_file
+    if not config_path.is_file():
+        raise FileNotFoundError(f"No {config_file} in {source}; {remedy}.")
+    saved = json.loads(config_path.read_text())
+    found = saved.get("state", {}).get("format_version")
+    if found != format_version:
+        raise ValueError(f"{source} has format version {found}, expected {format_version}.")
+    return saved
