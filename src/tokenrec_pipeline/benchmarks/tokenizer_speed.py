@@ -4,13 +4,14 @@
         [--keys item_embeddings user_embeddings] [--quantizer mq] [--before-ref COMMIT]
         [--set batch_size=1024 ...] [--threads 1]
     python -m tokenrec_pipeline.benchmarks.tokenizer_speed --make-synthetic-vectors OUT.safetensors
-        [--synthetic-items 23000] [--cf-epochs 30]
+        [--synthetic-interactions 20000] [--cf-epochs 200]
 
 Vectors: a safetensors file of CF embeddings, e.g. the LightGCN vectors the tokenizer benchmark
 caches (``python -m tokenrec_pipeline.benchmarks.tokenizers --datasets beauty --cache-dir DIR``
-writes ``user_embeddings`` / ``item_embeddings`` of Amazon Beauty there), or the item vectors of a
-LightGCN trained on a synthetic log with ``--synthetic-items`` items (``--make-synthetic-vectors``:
-the cost-curves sizing, 50 interactions per item and 2.5 users per item, 5-core, LightGCN with
+writes ``user_embeddings`` / ``item_embeddings`` of Amazon Beauty there), or the vectors of a
+LightGCN trained on a synthetic log of ``--synthetic-interactions`` interactions
+(``--make-synthetic-vectors``: the cost-curves sizing, N/20 users and N/50 items, so 20,000 is the
+project's default dataset; ingestion + preprocessing nodes, LightGCN with
 ``parameters_cf_pretraining.yml``'s settings capped at ``--cf-epochs``, early-stopped on valid).
 
 Per key, the tokenizer of the matching side (``item_embeddings`` -> ``tokenizer.item.overrides``,
@@ -88,8 +89,8 @@ def fit_and_report(fit_tokenizer, vectors, params: dict) -> dict:
             "recon_mse_relative": float(diag["recon_mse_relative"])}
 
 
-def make_synthetic_vectors(out: Path, n_items: int, cf_epochs: int) -> None:
-    """LightGCN user / item vectors of a synthetic log sized for about ``n_items`` items."""
+def make_synthetic_vectors(out: Path, n_interactions: int, cf_epochs: int) -> None:
+    """LightGCN user / item vectors of a synthetic log of about ``n_interactions`` interactions."""
     from dataclasses import fields
 
     from safetensors.torch import save_file
@@ -97,7 +98,7 @@ def make_synthetic_vectors(out: Path, n_items: int, cf_epochs: int) -> None:
     from tokenrec_pipeline.benchmarks.cost_curves import run_data_stage
     from tokenrec_pipeline.models.cf import CFConfig, train_cf_from_splits
 
-    split, sizes = run_data_stage(n_items * 50)
+    split, sizes = run_data_stage(n_interactions)
     params = yaml.safe_load((_project_root() / "conf/base/parameters_cf_pretraining.yml").read_text())
     known = {f.name for f in fields(CFConfig)}
     cfg = {k: v for k, v in params["cf_pretraining"]["lightgcn"].items() if k in known}
@@ -110,7 +111,7 @@ def make_synthetic_vectors(out: Path, n_items: int, cf_epochs: int) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({"user_embeddings": result.user_embeddings.contiguous(),
                "item_embeddings": result.item_embeddings.contiguous()}, str(out),
-              metadata={"source": f"synthetic ~{n_items} items", "sizes": str(sizes)})
+              metadata={"source": f"synthetic ~{n_interactions} interactions", "sizes": str(sizes)})
     print(f"wrote {out}: user_embeddings {tuple(result.user_embeddings.shape)}, item_embeddings "
           f"{tuple(result.item_embeddings.shape)}", flush=True)
 
@@ -126,8 +127,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="which code to fit with (before: needs --before-ref)")
     parser.add_argument("--threads", type=int, default=1, help="torch / faiss threads (1: the shared 2-core machines)")
     parser.add_argument("--make-synthetic-vectors", type=Path, default=None, metavar="OUT")
-    parser.add_argument("--synthetic-items", type=int, default=23_000)
-    parser.add_argument("--cf-epochs", type=int, default=30)
+    parser.add_argument("--synthetic-interactions", type=int, default=20_000)
+    parser.add_argument("--cf-epochs", type=int, default=200)
     args = parser.parse_args(argv)
 
     import faiss
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
     if args.make_synthetic_vectors:
-        make_synthetic_vectors(args.make_synthetic_vectors, args.synthetic_items, args.cf_epochs)
+        make_synthetic_vectors(args.make_synthetic_vectors, args.synthetic_interactions, args.cf_epochs)
         return
     if args.vectors is None:
         parser.error("--vectors (or --make-synthetic-vectors) is required")
