@@ -47,20 +47,10 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from tokenrec_pipeline.core.params import dataclass_from_dict
 from tokenrec_pipeline.models.evaluation import expected_hit_rate, expected_ndcg
-from tokenrec_pipeline.models.llm4rec import (
-    LLM4Rec,
-    LLM4RecConfig,
-    ProcessGroup,
-    TrainConfig,
-    TrainResult,
-    _dataclass_from_dict,
-    build_llm4rec,
-    check_global_batch,
-    load_llm4rec,
-    resolve_device,
-    train_llm4rec,
-)
+from tokenrec_pipeline.models.llm4rec import LLM4Rec, LLM4RecConfig, TrainConfig, build_llm4rec, load_llm4rec, train_llm4rec
+from tokenrec_pipeline.training.engine import ProcessGroup, TrainResult, check_global_batch, resolve_device
 from tokenrec_pipeline.models.tokenizers import FittedTokenizer, load_tokenizer
 from tokenrec_pipeline.models.tokenrec import evaluate_prompts
 from tokenrec_pipeline.reporting import history_to_mlflow
@@ -222,7 +212,7 @@ class DistributedSettings:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> DistributedSettings:
         """Build from the parameters, rejecting unknown keys and impossible values."""
-        settings = _dataclass_from_dict(cls, values, "llm4rec distributed")
+        settings = dataclass_from_dict(cls, values, "llm4rec distributed")
         if settings.launcher != "torchrun":
             raise ValueError(f"llm4rec.distributed.launcher must be 'torchrun', got {settings.launcher!r}.")
         if settings.backend not in ("auto", "nccl", "gloo"):

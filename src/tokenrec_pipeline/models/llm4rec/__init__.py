@@ -75,10 +75,6 @@ from tokenrec_pipeline.training.engine import (
     run_training_loop,
 )
 
-# Deprecated private alias, kept only because ``tokenrec_pipeline.distributed_train`` still imports it from here;
-# new code imports :func:`tokenrec_pipeline.core.params.dataclass_from_dict`.
-_dataclass_from_dict = dataclass_from_dict
-
 __all__ = [
     "BACKBONE_DIR",
     "BACKBONE_KINDS",
