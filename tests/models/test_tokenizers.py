@@ -240,7 +240,7 @@ def test_torch_input_gives_the_same_codes(fitted_mq: FittedTokenizer, data: tupl
 def test_history_records_every_term(fitted_mq: FittedTokenizer) -> None:
     init, first = fitted_mq.history[0], fitted_mq.history[1]
     assert init["epoch"] == 0 and set(init) == {"epoch", "valid_recon_mse", "utilisation_min", "train_collision_rate"}
-    assert set(first) == set(init) | {"loss", "recon", "codebook", "commitment", "reseeded"}
+    assert set(first) == set(init) | {"loss", "recon", "codebook", "commitment", "reseeded", "lr"}
     assert [h["epoch"] for h in fitted_mq.history] == list(range(len(fitted_mq.history)))
     best = min(h["valid_recon_mse"] for h in fitted_mq.history)
     assert fitted_mq.history[fitted_mq.best_epoch]["valid_recon_mse"] == best
@@ -428,3 +428,15 @@ def test_reseeding_from_a_shared_quantisation_pass_equals_recomputing(quantizer:
     assert reference == shared == 3 * 8
     for ours, expected in zip(twin.codebooks, model.codebooks):
         assert torch.equal(ours.weight, expected.weight)
+
+
+def test_cosine_lr_schedule_decays_from_lr_to_zero_over_the_epochs() -> None:
+    x, _ = clustered()
+    constant = fit_tokenizer(x, {**SMALL, "epochs": 4, "patience": 10, "lr": 0.004})
+    cosine = fit_tokenizer(x, {**SMALL, "epochs": 4, "patience": 10, "lr": 0.004, "lr_schedule": "cosine"})
+    assert [row["lr"] for row in constant.history[1:]] == pytest.approx([0.004] * 4)
+    # epoch e (1-based) trains at lr * (1 + cos(pi * (e - 1) / 4)) / 2
+    assert [row["lr"] for row in cosine.history[1:]] == pytest.approx([0.004, 0.003414, 0.002, 0.000586], abs=1e-6)
+    assert cosine.config.lr_schedule == "cosine"
+    with pytest.raises(TokenizerConfigError, match="lr_schedule"):
+        TokenizerConfig.from_dict({"lr_schedule": "linear"})

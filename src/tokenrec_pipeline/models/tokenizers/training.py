@@ -307,6 +307,11 @@ def _train(
         ],
         lr=config.lr,
     )
+    schedule = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+        if config.lr_schedule == "cosine"
+        else None
+    )
     n = x_train.shape[0]
     best_mse, best_epoch, stale = history[-1]["valid_recon_mse"], 0, 0
     best_state = copy.deepcopy(model.state_dict())
@@ -326,8 +331,11 @@ def _train(
         epoch_terms = torch.stack(step_losses).double().sum(dim=0).tolist()
         sums = dict(zip(("loss", "recon", "codebook", "commitment"), epoch_terms))
 
+        epoch_lr = optimizer.param_groups[0]["lr"]
+        if schedule is not None:
+            schedule.step()
         metrics, quantized = _evaluate(model, x_train, x_valid)
-        row: dict[str, float] = {"epoch": epoch, **sums, **metrics}
+        row: dict[str, float] = {"epoch": epoch, **sums, "lr": epoch_lr, **metrics}
         if row["valid_recon_mse"] < best_mse:
             best_mse, best_epoch, stale = row["valid_recon_mse"], epoch, 0
             best_state = copy.deepcopy(model.state_dict())
