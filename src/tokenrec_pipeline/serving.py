@@ -163,8 +163,11 @@ def build_request_prompts(requests: list[Request], interactions_split: pd.DataFr
     item_ids = pd.Series(item_map["item_id"].to_numpy(), index=item_map["original_item"].astype(str))
     token_of_user = user_tokens.set_index("id")["tokens"]
     token_of_item = item_tokens.set_index("id")["tokens"].to_numpy()
-    histories_of = interactions_split.groupby("user_id")["item_id"].agg(list)
     template = prompt_config.train_templates[prompt_config.test_template_id]
+    # Only the requested users' rows are grouped (a request must not cost a pass over every user's history).
+    known = [int(user_ids[r.user]) for r in requests if r.user is not None and r.user in user_ids.index]
+    rows_of_known = interactions_split[interactions_split["user_id"].isin(known)]
+    histories_of = rows_of_known.groupby("user_id", sort=False)["item_id"].agg(list)
 
     rows, new_rows = [], []
     for request in requests:
