@@ -306,9 +306,6 @@ def _train(
             {"params": codebook_params, "weight_decay": 0.0},
         ],
         lr=config.lr,
-        # One fused kernel for all parameters instead of ~10 elementwise ops per parameter tensor:
-        # with batches of a few hundred rows the optimiser's dispatch overhead is a large share of a step.
-        fused=x_train.device.type in ("cpu", "cuda"),
     )
     schedule = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
