@@ -489,8 +489,8 @@ def bpr_step(
 
 
 class _Validator:
-    """Full-ranking validation of the seen users, with everything that does not change between
-    epochs (user ids, histories, targets as tensors on the device) prepared once."""
+    """Full-ranking validation of the seen users (``evaluate_inputs`` on the epoch's embeddings);
+    the validation users' ids are put on the device once, not every epoch."""
 
     def __init__(self, valid: EvalInputs, n_seen_users: int, config: CFConfig, device: torch.device) -> None:
         self.valid = valid
