@@ -73,6 +73,8 @@ def test_bad_parameters_are_named(overrides, parameter):
 
 
 def test_fold_in_train_prompts_never_see_the_target_or_later_items():
+    from tokenrec_pipeline.core.artefacts import encode_fold_in_method
+
     """Each fold-in train prompt's user tokens are the fitted tokenizer's tokens of the fold-in of exactly
     the prompt's prefix: changing the CF vectors of the target or of later items changes nothing."""
     import numpy as np
@@ -88,7 +90,7 @@ def test_fold_in_train_prompts_never_see_the_target_or_later_items():
                            {"quantizer": "kmeans", "n_codebooks": 2, "codebook_size": 4, "seed": 0, "device": "cpu"})
     basis = torch.randn(6, 4, generator=torch.Generator().manual_seed(1)) * 3
     cf = {"item_fold_in_basis": basis, "item_degree": torch.tensor([3.0, 2, 2, 1, 1, 1]),
-          "user_fold_in_scale": torch.tensor([0.7])}
+          "user_fold_in_scale": torch.tensor([0.7]), "fold_in_method": encode_fold_in_method("mean")}
     users = pd.DataFrame({"id": [0, 1], "tokens": USER_TOKENS})
     items = pd.DataFrame({"id": range(6), "tokens": ITEM_TOKENS})
     params = {"train_templates": TEMPLATES, "test_template_id": 0, "unseen_template": "New: {user} after {history}",
