@@ -72,3 +72,15 @@ def test_int8_quantisation_copies_and_stays_close() -> None:
 def test_describe_machine_names_the_paths() -> None:
     text = describe_machine()
     assert "auto on CPU -> training" in text and "int8 kernels" in text
+
+
+def test_a_models_own_setting_is_named_in_its_error_and_a_request_overrides_it() -> None:
+    from tokenrec_pipeline.models.precision import inference_precision_of
+
+    cpu = torch.device("cpu")
+    assert inference_precision_of("fp32", None, cpu, "llm4rec.model.inference_precision") == "fp32"
+    assert inference_precision_of("fp32", "int8", cpu, "llm4rec.model.inference_precision") == "int8"
+    with pytest.raises(ValueError, match="autoregressive.model.inference_precision=fp16 needs a CUDA device"):
+        inference_precision_of("fp16", None, cpu, "autoregressive.model.inference_precision")
+    with pytest.raises(ValueError, match="^precision=fp16 needs a CUDA device"):
+        inference_precision_of("fp32", "fp16", cpu, "autoregressive.model.inference_precision")

@@ -101,6 +101,14 @@ def resolve_precision(
     return value
 
 
+def inference_precision_of(configured: str, requested: str | None, device: torch.device, parameter: str) -> str:
+    """The precision a model's inference runs at on ``device``: ``requested`` when given, else the model's
+    ``configured`` setting (errors name ``parameter``, the model's parameter, in that case)."""
+    if requested is not None:
+        return resolve_precision(requested, device, inference=True, parameter="precision")
+    return resolve_precision(configured, device, inference=True, parameter=parameter)
+
+
 def autocast_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype of a resolved precision (``None``: run as stored, fp32 or int8)."""
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)

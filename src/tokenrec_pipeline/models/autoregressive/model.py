@@ -44,7 +44,7 @@ from tokenrec_pipeline.models.autoregressive.generation import NEG_INF, Generati
 from tokenrec_pipeline.models.autoregressive.head import CodeDecoderHead
 from tokenrec_pipeline.models.autoregressive.trie import CodeTrie
 from tokenrec_pipeline.models.backbone import BackboneAdapter, forward_parameters
-from tokenrec_pipeline.models.precision import autocast, int8_copy, resolve_precision
+from tokenrec_pipeline.models.precision import autocast, inference_precision_of, int8_copy
 
 logger = logging.getLogger(__name__)
 
@@ -397,10 +397,8 @@ class AutoregressiveRecommender(nn.Module):
         out_scores = np.full((n, num_return), NEG_INF, dtype=np.float32)
         out_leaves = np.full((n, num_return), -1, dtype=np.int64)
         order = sorted(range(n), key=lambda i: len(prompts[i]))
-        resolved = resolve_precision(
-            self.config.inference_precision if precision is None else precision, self.device, inference=True,
-            parameter="autoregressive.model.inference_precision" if precision is None else "precision",
-        )
+        resolved = inference_precision_of(self.config.inference_precision, precision, self.device,
+                                          "autoregressive.model.inference_precision")
         model = int8_copy(self) if resolved == "int8" else self
         was_training = self.training
         self.eval()

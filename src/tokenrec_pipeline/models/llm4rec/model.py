@@ -37,7 +37,7 @@ from tokenrec_pipeline.models.llm4rec.config import (
     USER_DECODER_DIR,
     LLM4RecConfig,
 )
-from tokenrec_pipeline.models.precision import autocast, int8_copy, resolve_precision
+from tokenrec_pipeline.models.precision import autocast, inference_precision_of, int8_copy
 from tokenrec_pipeline.models.tokenizers import FittedTokenizer
 
 
@@ -129,9 +129,8 @@ class LLM4Rec(nn.Module):
 
     def inference_precision(self, precision: str | None = None) -> str:
         """The precision :meth:`encode_prompts` runs at here (``precision`` overrides the model's setting)."""
-        setting = self.config.inference_precision if precision is None else precision
-        parameter = "llm4rec.model.inference_precision" if precision is None else "precision"
-        return resolve_precision(setting, self.device, inference=True, parameter=parameter)
+        return inference_precision_of(self.config.inference_precision, precision, self.device,
+                                      "llm4rec.model.inference_precision")
 
     def encode_prompts(
         self,
