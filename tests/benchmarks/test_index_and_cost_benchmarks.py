@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tokenrec_pipeline.benchmarks.cost_curves import growth_exponent, run_worker, summarise
-from tokenrec_pipeline.benchmarks.item_index import ClusteredMixture, best_option, parse_option, recall_at_k, run
+from benchmarks.cost_curves import growth_exponent, run_worker, summarise
+from benchmarks.item_index import ClusteredMixture, best_option, parse_option, recall_at_k, run
 
 
 def test_recall_counts_shared_ids_per_query() -> None:

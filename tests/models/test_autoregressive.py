@@ -351,7 +351,7 @@ def test_configuration_errors(tiny_backbones: dict[str, str]) -> None:
 
 def test_transformers_generate_with_the_trie_emits_only_real_items(tiny_backbones: dict[str, str]) -> None:
     """The inference-speed benchmark's P5 row: transformers' generate constrained by the same trie."""
-    from tokenrec_pipeline.benchmarks.inference_speed import TrieTokenConstraint, transformers_beam_search
+    from benchmarks.inference_speed import TrieTokenConstraint, transformers_beam_search
 
     model = _build(tiny_backbones["t5"])
     codes = _catalogue()

@@ -1,7 +1,7 @@
 """What a request to the packaged MLflow model costs, alone, under concurrent clients, and batched.
 
     kedro run --pipeline=full                              # once: logs the model this loads
-    python -m tokenrec_pipeline.benchmarks.serving_throughput [--clients 16] [--requests 200] [--batch 64]
+    python -m benchmarks.serving_throughput [--clients 16] [--requests 200] [--batch 64]
 
 Loads the newest logged ``tokenrec_recommender`` model of the project's MLflow store (``sqlite:///mlflow.db``)
 with ``mlflow.pyfunc.load_model``, as ``mlflow models serve`` does, and calls ``predict`` in this process (HTTP
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAME = "tokenrec_recommender"
 
 

@@ -1,6 +1,6 @@
 """Wall time of ingestion + preprocessing (the data stages' own functions, no Kedro overhead).
 
-    python -m tokenrec_pipeline.benchmarks.data_stages [--shared-data ../shared/data]
+    python -m benchmarks.data_stages [--shared-data ../shared/data]
 
 Prints one line per dataset: interactions in, rows after 5-core, seconds per step and total.
 The synthetic log is sized like MovieLens-1M (about 1,000,000 interactions).

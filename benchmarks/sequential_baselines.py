@@ -1,6 +1,6 @@
 """SASRec and BERT4Rec under the project's protocol on Beauty and ml-100k (and LastFM).
 
-    python -m tokenrec_pipeline.benchmarks.sequential_baselines [--datasets beauty ml-100k]
+    python -m benchmarks.sequential_baselines [--datasets beauty ml-100k]
         [--models sasrec bert4rec] [--shared-data ../shared/data] [--unseen-fraction 0]
         [--max-seconds 600] [--set sasrec.max_length=20 bert4rec.lr=0.002 ...]
 
@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from tokenrec_pipeline.benchmarks import apply_set_overrides
+from benchmarks import apply_set_overrides
 
-from tokenrec_pipeline.benchmarks.cf_baselines import DATASETS as SEQUENCE_DATASETS
-from tokenrec_pipeline.benchmarks.cf_baselines import prepare as prepare_sequences
+from benchmarks.cf_baselines import DATASETS as SEQUENCE_DATASETS
+from benchmarks.cf_baselines import prepare as prepare_sequences
 from tokenrec_pipeline.data.preprocess import filter_k_core, split_leave_one_out, to_implicit_feedback
 from tokenrec_pipeline.data.sources import read_recbole_inter
 from tokenrec_pipeline.models.cf import evaluate_pop
@@ -60,7 +60,7 @@ def load_configs(args: argparse.Namespace) -> dict[str, dict]:
     """Per model the SequentialConfig kwargs: YAML < ``--set model.key=value``."""
     path = args.params_file or (Path.cwd() / PARAMS_FILE)
     if not path.is_file():
-        path = Path(__file__).resolve().parents[3] / PARAMS_FILE
+        path = Path(__file__).resolve().parents[1] / PARAMS_FILE
     with open(path, encoding="utf-8") as handle:
         params = (yaml.safe_load(handle) or {}).get("baselines", {})
     configs = {m: {k: v for k, v in params.get(m, {}).items() if k in CONFIG_FIELDS} for m in MODELS}

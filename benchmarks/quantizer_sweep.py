@@ -1,7 +1,7 @@
 """Wall time of comparing the four quantizers: four ``kedro run --pipeline=full`` against one ``full`` run
 followed by ``kedro run --pipeline=quantizer_sweep`` (which reuses the split, the CF models and the baselines).
 
-    python -m tokenrec_pipeline.benchmarks.quantizer_sweep [--config tiny|default] [--workdir DIR]
+    python -m benchmarks.quantizer_sweep [--config tiny|default] [--workdir DIR]
 
 Each run is a separate ``kedro run`` process in a throw-away copy of the project (``conf/base`` + the chosen
 parameters in ``conf/local``), with its own MLflow store, as a user runs it. ``tiny`` is the test suite's
@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 QUANTIZERS = ("mq", "rqvae", "vqvae", "kmeans")
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _project(folder: Path, params: dict) -> Path:

@@ -1,4 +1,4 @@
-"""Benchmark scripts that print figures (``python -m tokenrec_pipeline.benchmarks.<name> --help``)."""
+"""Benchmark scripts that print figures (``python -m benchmarks.<name> --help``)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Pop, BPR-MF and LightGCN under the project's protocol on the authors' LastFM / Beauty sequences.
 
-    python -m tokenrec_pipeline.benchmarks.cf_baselines [--datasets lastfm beauty]
+    python -m benchmarks.cf_baselines [--datasets lastfm beauty]
         [--shared-data ../shared/data] [--unseen-fraction 0.1] [--epochs N] [--lr X]
         [--lambda-reg X] [--batch-size N] [--patience N] [--set mf.lr=0.005 ...]
 
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from tokenrec_pipeline.benchmarks import apply_set_overrides
+from benchmarks import apply_set_overrides
 
 from tokenrec_pipeline.data.preprocess import filter_k_core, split_leave_one_out, to_implicit_feedback
 from tokenrec_pipeline.data.sources import read_sequences
@@ -46,7 +46,7 @@ def _default_params_file() -> Path:
     here = Path.cwd() / PARAMS_FILE
     if here.is_file():
         return here
-    return Path(__file__).resolve().parents[3] / PARAMS_FILE
+    return Path(__file__).resolve().parents[1] / PARAMS_FILE
 
 
 def load_model_configs(args: argparse.Namespace) -> tuple[dict[str, dict], str]:

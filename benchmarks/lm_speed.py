@@ -1,7 +1,7 @@
 """Language-model speed on this machine: training steps per second and retrieval latency by precision.
 
     kedro run --pipeline=full                                   # once: the artefacts this reads
-    python -m tokenrec_pipeline.benchmarks.lm_speed [--steps 12] [--threads 1] [--users 128]
+    python -m benchmarks.lm_speed [--steps 12] [--threads 1] [--users 128]
 
 Reads the artefacts of the last ``kedro run`` through the project's catalog (``conf/base`` + ``conf/local``):
 train prompts, CF embeddings, tokenizers, the trained ``llm4rec_model``, its ``item_index`` and the test
@@ -37,7 +37,7 @@ from tokenrec_pipeline.pipelines.llm4rec.nodes import resolve_recipe, select_tra
 
 logger = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TRAINING_VARIANTS = (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True))
 
 

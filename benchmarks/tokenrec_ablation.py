@@ -1,6 +1,6 @@
 """TokenRec ablation: the paper's recipe, each deviation switched on alone, and all together (the default).
 
-    python -m tokenrec_pipeline.benchmarks.tokenrec_ablation --datasets synthetic lastfm ml-100k \\
+    python -m benchmarks.tokenrec_ablation --datasets synthetic lastfm ml-100k \\
         [--variants paper mips residual_user ... default] [--set llm4rec.training.epochs=2] [--out ablation.csv]
 
 For each dataset the project's own pipelines (ingestion -> preprocessing -> cf_pretraining -> tokenization ->
@@ -49,7 +49,7 @@ from tokenrec_pipeline.pipelines.llm4rec.nodes import resolve_recipe, train_reci
 
 logger = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # Changes laid over the paper's recipe, one at a time ("default" is the shipped configuration).
 VARIANTS: dict[str, dict] = {

@@ -1,6 +1,6 @@
 """MQ vs RQ-VAE vs VQ-VAE vs K-means ID tokenizers on the authors' LastFM / Beauty sequences.
 
-    python -m tokenrec_pipeline.benchmarks.tokenizers [--datasets lastfm beauty]
+    python -m benchmarks.tokenizers [--datasets lastfm beauty]
         [--shared-data ../shared/data] [--quantizers mq rqvae vqvae kmeans]
         [--cf-epochs N | --cf-epochs beauty=40 ...] [--cache-dir DIR] [--seed 42]
         [--tokenizer-epochs N | --tokenizer-epochs beauty=N ...] [--json-out FILE]
@@ -54,7 +54,7 @@ from tokenrec_pipeline.models.tokenizers import (
     tuple_counts,
 )
 
-logger = logging.getLogger("tokenrec_pipeline.benchmarks.tokenizers")
+logger = logging.getLogger("benchmarks.tokenizers")
 
 DATASETS = {"lastfm": "LastFM", "beauty": "Beauty"}
 CONF = Path("conf") / "base"
@@ -74,7 +74,7 @@ def _conf_dir(explicit: Path | None) -> Path:
     if explicit is not None:
         return explicit
     here = Path.cwd() / CONF
-    return here if (here / TOK_PARAMS).is_file() else Path(__file__).resolve().parents[3] / CONF
+    return here if (here / TOK_PARAMS).is_file() else Path(__file__).resolve().parents[1] / CONF
 
 
 def _load_yaml(path: Path, key: str) -> dict:

@@ -1,6 +1,6 @@
 """Inference time per user: TokenRec's generative retrieval vs P5-style beam-search generation (paper Table V).
 
-    python -m tokenrec_pipeline.benchmarks.inference_speed [--device cuda] [--item-tokens PATH] [--help]
+    python -m benchmarks.inference_speed [--device cuda] [--item-tokens PATH] [--help]
 
 Both recommenders use the same backbone (default: the packaged all-MiniLM-L6-v2), the same item catalogue
 (synthetic random codes, or the tokenization stage's ``item_tokens.parquet``), the same prompts (a user's

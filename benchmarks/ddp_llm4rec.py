@@ -1,6 +1,6 @@
 """LLM4Rec trained in one process vs as a DDP job under torchrun: same parameters, and what it costs.
 
-    python -m tokenrec_pipeline.benchmarks.ddp_llm4rec [--nproc 2] [--prompts 96] [--batch-size 16]
+    python -m benchmarks.ddp_llm4rec [--nproc 2] [--prompts 96] [--batch-size 16]
         [--epochs 2] [--max-length 48] [--backend auto]
 
 Backbone: the packaged all-MiniLM-L6-v2 with its dropout set to 0 (and none in the head), so both runs

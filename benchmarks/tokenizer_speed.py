@@ -1,13 +1,13 @@
 """How long an ID tokenizer takes to fit, and what it gives: before / after on the same vectors.
 
-    python -m tokenrec_pipeline.benchmarks.tokenizer_speed --vectors FILE.safetensors
+    python -m benchmarks.tokenizer_speed --vectors FILE.safetensors
         [--keys item_embeddings user_embeddings] [--quantizer mq] [--before-ref COMMIT]
         [--set batch_size=1024 ...] [--threads 1]
-    python -m tokenrec_pipeline.benchmarks.tokenizer_speed --make-synthetic-vectors OUT.safetensors
+    python -m benchmarks.tokenizer_speed --make-synthetic-vectors OUT.safetensors
         [--synthetic-interactions 20000] [--cf-epochs 200]
 
 Vectors: a safetensors file of CF embeddings, e.g. the LightGCN vectors the tokenizer benchmark
-caches (``python -m tokenrec_pipeline.benchmarks.tokenizers --datasets beauty --cache-dir DIR``
+caches (``python -m benchmarks.tokenizers --datasets beauty --cache-dir DIR``
 writes ``user_embeddings`` / ``item_embeddings`` of Amazon Beauty there), or the vectors of a
 LightGCN trained on a synthetic log of ``--synthetic-interactions`` interactions
 (``--make-synthetic-vectors``: the cost-curves sizing, N/20 users and N/50 items, so 20,000 is the
@@ -41,7 +41,7 @@ TOK_PARAMS = "conf/base/parameters_tokenization.yml"
 
 
 def _project_root() -> Path:
-    return Path(__file__).resolve().parents[3]
+    return Path(__file__).resolve().parents[1]
 
 
 def _git_show(ref: str, path: str) -> str:
@@ -95,7 +95,7 @@ def make_synthetic_vectors(out: Path, n_interactions: int, cf_epochs: int) -> No
 
     from safetensors.torch import save_file
 
-    from tokenrec_pipeline.benchmarks.cost_curves import run_data_stage
+    from benchmarks.cost_curves import run_data_stage
     from tokenrec_pipeline.models.cf import CFConfig, train_cf_from_splits
 
     split, sizes = run_data_stage(n_interactions)

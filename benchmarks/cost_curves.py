@@ -1,6 +1,6 @@
 """How each stage's cost grows with data: wall time and peak memory at several sizes, and the growth exponent.
 
-    python -m tokenrec_pipeline.benchmarks.cost_curves [--sizes 100000 300000 1000000 3000000] [--stages ...]
+    python -m benchmarks.cost_curves [--sizes 100000 300000 1000000 3000000] [--stages ...]
 
 Data: the project's synthetic generator (``tokenrec_pipeline.data.synthetic``) at N target interactions,
 with the catalogue growing with it: N/20 users (mean history 20), N/50 items, N/10,000 groups (at least 10).
@@ -329,9 +329,11 @@ def growth_exponent(sizes: list[float], values: list[float]) -> float:
 
 def measure(stage: str, target: int, threads: int, timeout: float) -> dict:
     """Run one stage/size in a fresh interpreter; a timeout or crash becomes a record saying so."""
+    root = str(Path(__file__).resolve().parents[1])  # `-m benchmarks.cost_curves` imports from the checkout root
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, "-m", "tokenrec_pipeline.benchmarks.cost_curves", "--worker", stage,
+           "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    command = [sys.executable, "-m", "benchmarks.cost_curves", "--worker", stage,
                "--sizes", str(target), "--threads", str(threads)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)

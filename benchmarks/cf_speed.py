@@ -1,6 +1,6 @@
 """LightGCN / BPR-MF epoch and validation seconds, beside RecBole 1.2.1's LightGCN on the same data.
 
-    python -m tokenrec_pipeline.benchmarks.cf_speed [--interactions 200000] [--batch-size 2048]
+    python -m benchmarks.cf_speed [--interactions 200000] [--batch-size 2048]
         [--epochs 3] [--repeats 3] [--models lightgcn mf] [--before-ref COMMIT]
         [--recbole-python /tmp/recbole-venv/bin/python] [--recbole-epochs 2] [--threads 1]
 
@@ -53,8 +53,8 @@ CF_PARAMS = Path("conf") / "base" / "parameters_cf_pretraining.yml"
 
 
 def _project_root() -> Path:
-    """The checkout this module belongs to (``src/tokenrec_pipeline/benchmarks/`` -> root)."""
-    return Path(__file__).resolve().parents[3]
+    """The checkout this module belongs to (``benchmarks/`` -> root)."""
+    return Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,11 +253,11 @@ def prepare_data(n_interactions: int, dataset: str | None = None, shared_data: P
     from tokenrec_pipeline.models.evaluation import eval_inputs_from_splits
 
     if dataset is None:
-        from tokenrec_pipeline.benchmarks.cost_curves import run_data_stage
+        from benchmarks.cost_curves import run_data_stage
 
         split, sizes = run_data_stage(n_interactions)
     else:
-        from tokenrec_pipeline.benchmarks.cf_baselines import prepare
+        from benchmarks.cf_baselines import prepare
 
         split = prepare(dataset, shared_data, 0.1, 5, 42)
         sizes = {"interactions": int(len(split)), "users": int(split["user_id"].nunique()),

@@ -1,6 +1,6 @@
 """Exact vs approximate item index at catalogue scale: build time, memory, query time, recall@20.
 
-    python -m tokenrec_pipeline.benchmarks.item_index [--items 1000000] [--queries 10000] [--threads 1]
+    python -m benchmarks.item_index [--items 1000000] [--queries 10000] [--threads 1]
 
 Data (``ClusteredMixture``): ``--clusters`` centres drawn uniformly on the unit sphere in d = 64; each item
 belongs to one cluster, chosen with Zipf-like popularity (cluster of rank r has weight r^-0.8, so a few
