@@ -113,7 +113,7 @@ class LLM4RecJob:
 def sharded_validation(
     valid_prompts: pd.DataFrame, item_vectors: torch.Tensor, distributed: bool = False
 ) -> Callable[[LLM4Rec], dict[str, float]]:
-    """A ``validate_fn`` giving ``{"hr@K": ..., "ndcg@K": ...}`` (K = 10, 20, 30) on the validation prompts.
+    """A ``validate_fn`` giving ``{"valid_HR@K": ..., "valid_NDCG@K": ...}`` (K = 10, 20, 30) on the validation prompts.
 
     Distributed, rank r evaluates rows ``r, r + W, ...`` and rank 0 gathers every rank's per-user tie-aware
     counts and averages them -- the same numbers as one process evaluating every row; the other ranks
@@ -139,8 +139,8 @@ def sharded_validation(
                              "split (e.g. preprocessing.temporal_cutoffs leave no validation window).")
         metrics = {}
         for k in cutoffs:
-            metrics[f"hr@{k}"] = float(expected_hit_rate(n_greater, n_tied, k).mean())
-            metrics[f"ndcg@{k}"] = float(expected_ndcg(n_greater, n_tied, k).mean())
+            metrics[f"valid_HR@{k}"] = float(expected_hit_rate(n_greater, n_tied, k).mean())
+            metrics[f"valid_NDCG@{k}"] = float(expected_ndcg(n_greater, n_tied, k).mean())
         return metrics
 
     return validate

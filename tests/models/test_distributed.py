@@ -96,7 +96,7 @@ def test_two_process_ddp_equals_one_process_with_the_global_batch(tiny_bert: str
     assert worst <= 1e-5, worst
     single_history = pd.DataFrame(result.history)
     assert history["samples"].tolist() == single_history["samples"].tolist() == [17.0, 17.0]
-    for column in ("loss", "lr", "ndcg@20", "hr@10"):  # sharded validation gathers to the same metrics
+    for column in ("loss", "lr", "valid_NDCG@20", "valid_HR@10"):  # sharded validation gathers to the same metrics
         np.testing.assert_allclose(history[column], single_history[column], rtol=1e-5, atol=1e-6)
     assert (tmp_path / "job" / "model" / "llm4rec_config.json").is_file()  # rank 0's checkpoint, in the job folder
 

@@ -480,7 +480,7 @@ def test_early_stopping_keeps_the_best_epoch(tiny_backbones: dict[str, str]) -> 
 
     def validate(m: LLM4Rec) -> dict[str, float]:
         head_after_epoch.append(m.head[0].weight.detach().clone())
-        return {"ndcg@20": next(scripted)}
+        return {"valid_NDCG@20": next(scripted)}
 
     result = train_llm4rec(
         model, PROMPTS * 4, [0, 1, 2] * 4, items,
@@ -493,7 +493,7 @@ def test_early_stopping_keeps_the_best_epoch(tiny_backbones: dict[str, str]) -> 
     assert result.stopped_early and result.best_epoch == 2 and result.best_score == pytest.approx(0.3)
     assert all(r["samples"] == 4 for r in result.history)  # subset per epoch
     torch.testing.assert_close(model.head[0].weight, head_after_epoch[1], atol=0, rtol=0)
-    with pytest.raises(KeyError, match="ndcg@20"):
+    with pytest.raises(KeyError, match="valid_NDCG@20"):
         train_llm4rec(model, PROMPTS, [0, 1, 2], items, TrainConfig(epochs=1, show_progress=False),
                       validate_fn=lambda m: {"hr@20": 0.0})
 
@@ -648,7 +648,7 @@ def test_validation_before_training_keeps_the_untrained_model_when_training_hurt
     scripted = iter([0.5, 0.1, 0.2, 0.9])
 
     def validate(m: LLM4Rec) -> dict[str, float]:
-        return {"ndcg@20": next(scripted)}
+        return {"valid_NDCG@20": next(scripted)}
 
     result = train_llm4rec(
         model, PROMPTS * 4, [0, 1, 2] * 4, items,

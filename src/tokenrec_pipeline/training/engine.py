@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from tokenrec_pipeline.core.params import dataclass_from_dict
+from tokenrec_pipeline.training.loop import EarlyStopping, TrainResult, fit_epochs
 from tokenrec_pipeline.models.precision import resolve_precision
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class LoopConfig:
     max_grad_norm: float = 1.0
     samples_per_epoch: int | None = None
     precision: str = "auto"
-    monitor: str = "ndcg@20"
+    monitor: str = "valid_NDCG@20"
     monitor_mode: str = "max"
     patience: int | None = 2
     validate_before_training: bool = False
@@ -96,30 +97,6 @@ class LoopConfig:
     def from_dict(cls, values: Mapping[str, Any]) -> Any:
         """Build from a parameters mapping, rejecting unknown keys."""
         return dataclass_from_dict(cls, values, cls.PARAMETERS)
-
-
-@dataclass
-class TrainResult:
-    """Outcome of :func:`run_training_loop` (what :func:`~tokenrec_pipeline.models.llm4rec.train_llm4rec` and
-    :func:`~tokenrec_pipeline.models.autoregressive.train_autoregressive` return).
-
-    Attributes:
-        history: One record per epoch: ``epoch``, ``loss``, ``lr``, ``seconds``, ``samples`` and the
-            validation metrics (ready for ``mlflow.log_metrics(record, step=epoch)``).
-        best_epoch: 1-based epoch whose weights the model holds (when ``restore_best``); 0: the untrained
-            model (``validate_before_training``).
-        best_score: Its monitored value.
-        monitor: Name of the monitored metric.
-        stopped_early: Whether patience ran out before ``epochs``.
-        seconds: Wall time of the whole run.
-    """
-
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = 0
-    best_score: float = float("nan")
-    monitor: str = "loss"
-    stopped_early: bool = False
-    seconds: float = 0.0
 
 
 @contextlib.contextmanager
@@ -367,15 +344,15 @@ def run_training_loop(
     on_epoch_start: Callable[[torch.Tensor], None] | None = None,
     lengths: torch.Tensor | None = None,
 ) -> TrainResult:
-    """The epoch loop shared by :func:`~tokenrec_pipeline.models.llm4rec.train_llm4rec` and the autoregressive
-    baseline's trainer.
+    """The language models' epoch: optimiser steps over batches of rows, run by :func:`~.loop.fit_epochs`.
 
     Each epoch draws a random ``per_epoch`` subset of the ``n_samples`` rows (``setup.generator``; passed to
     ``on_epoch_start``), calls ``batch_loss(rows)`` per batch of row indices (the callable does its own
     forward pass, through ``setup.forward_model``, and autocast) and steps the optimizer (grad scaling,
-    clipping, schedule); then records the epoch, validates, tracks the best epoch and stops early. ``name``
-    prefixes the progress bar and the log lines written to ``log``. With ``lengths`` (token length per row) and
-    ``config.length_bucketing`` the batches are cut by :func:`length_bucketed_batches`.
+    clipping, schedule). :func:`~.loop.fit_epochs` then validates (``validate_fn(model)``, in eval mode),
+    keeps the best weights and stops early. ``name`` prefixes the progress bars and the log lines written to
+    ``log``. With ``lengths`` (token length per row) and ``config.length_bucketing`` the batches are cut by
+    :func:`length_bucketed_batches`.
 
     Distributed (``setup.group`` has W > 1 ranks): every rank draws the same subset and cuts the same global
     batches of ``batch_size`` rows; each rank computes the loss of its shard (``ProcessGroup.shard``) weighted
@@ -389,62 +366,18 @@ def run_training_loop(
         The :class:`TrainResult`; the model ends in eval mode holding the best epoch's weights.
     """
     config = setup.config
-    monitor, mode, group = setup.monitor, setup.mode, setup.group
+    group = setup.group
     optimizer, scheduler, scaler, trainable = setup.optimizer, setup.scheduler, setup.scaler, setup.trainable
-    result = TrainResult(monitor=monitor)
-    best_state: dict[str, torch.Tensor] | None = None
-    epochs_without_improvement = 0
-    started = time.perf_counter()
+    best_state: dict[str, torch.Tensor] = {}
 
-    def close_epoch(epoch: int, record: dict[str, float], epoch_started: float) -> bool:
-        """Validate, decide improvement on rank 0, track the best weights, log; True when patience ran out."""
-        nonlocal best_state, epochs_without_improvement
-        if validate_fn is not None:
-            model.eval()
-            metrics = dict(validate_fn(model))  # every rank: validation may be sharded
-            if group.is_main:
-                if monitor not in metrics:
-                    raise KeyError(
-                        f"validate_fn returned {sorted(metrics)}, which lacks the monitored metric {monitor!r}."
-                    )
-                record.update({key: float(value) for key, value in metrics.items()})
-        record["seconds"] = time.perf_counter() - epoch_started
-        improved = group.is_main and (
-            best_state is None
-            or (mode == "max" and record[monitor] > result.best_score + config.min_delta)
-            or (mode == "min" and record[monitor] < result.best_score - config.min_delta)
-        )
-        record, improved = group.broadcast((record, improved))  # decided once, on rank 0
-        result.history.append(record)
-        score = record[monitor]
-        if improved:
-            result.best_epoch, result.best_score = epoch, score
-            epochs_without_improvement = 0
-            best_state = {key: p.detach().to("cpu", copy=True) for key, p in trainable} if config.restore_best else {}
-        else:
-            epochs_without_improvement += 1
-        if group.is_main:
-            log.info("%s epoch %d/%d: loss %.4f, %s %.4f%s (%.1fs)", name, epoch, config.epochs, record["loss"],
-                     monitor, score, " *" if improved else "", record["seconds"])
-            if on_epoch_end is not None:
-                on_epoch_end(record)
-        return config.patience is not None and epochs_without_improvement >= config.patience
-
-    if validate_fn is not None and config.validate_before_training:
-        # Epoch 0, before any step: the untrained model is a candidate checkpoint (a good start can be kept).
-        close_epoch(0, {"epoch": 0.0, "loss": float("nan"), "lr": 0.0, "samples": 0.0}, started)
-    for epoch in range(1, config.epochs + 1):
-        epoch_started = time.perf_counter()
+    def train_epoch(epoch: int) -> dict[str, float]:
         model.train()
         order = torch.randperm(n_samples, generator=setup.generator)[: setup.per_epoch]
         if on_epoch_start is not None:
             on_epoch_start(order)
         loss_sum, seen = 0.0, 0
-        progress = tqdm(
-            total=setup.steps_per_epoch,
-            disable=not (config.show_progress and group.is_main),
-            desc=f"{name} epoch {epoch}",
-        )
+        progress = tqdm(total=setup.steps_per_epoch, disable=not (config.show_progress and group.is_main),
+                        desc=f"{name} epoch {epoch}", leave=False)
         if config.length_bucketing and lengths is not None:
             batches = length_bucketed_batches(order, lengths, config.batch_size, setup.generator)
         else:
@@ -471,25 +404,28 @@ def run_training_loop(
             progress.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}")
         progress.close()
         loss_sum, seen_total = group.sum([loss_sum, seen])
-        record = {"epoch": float(epoch), "loss": loss_sum / seen_total, "lr": float(scheduler.get_last_lr()[0]),
-                  "samples": float(seen_total)}
-        if close_epoch(epoch, record, epoch_started):
-            result.stopped_early = epoch < config.epochs
-            break
+        return {"loss": loss_sum / seen_total, "lr": float(scheduler.get_last_lr()[0]), "samples": float(seen_total)}
 
-    if config.restore_best and best_state:
-        with torch.no_grad():
-            for key, parameter in trainable:
-                parameter.copy_(best_state[key].to(parameter.device))
-    result.seconds = time.perf_counter() - started
+    def validate(epoch: int) -> dict[str, float]:
+        model.eval()
+        metrics = {key: float(value) for key, value in validate_fn(model).items()}  # every rank: may be sharded
+        return metrics if epoch else {"lr": 0.0, "samples": 0.0, **metrics}
+
+    def keep_best(epoch: int) -> None:
+        if config.restore_best:
+            best_state.update({key: p.detach().to("cpu", copy=True) for key, p in trainable})
+
+    def restore_best() -> None:
+        if config.restore_best and best_state:
+            with torch.no_grad():
+                for key, parameter in trainable:
+                    parameter.copy_(best_state[key].to(parameter.device))
+
+    stopping = EarlyStopping(setup.monitor, setup.mode, config.patience, config.min_delta)
+    result = fit_epochs(
+        name, config.epochs, train_epoch, validate if validate_fn is not None else None, stopping,
+        keep_best=keep_best, restore_best=restore_best, validate_before_training=config.validate_before_training,
+        on_epoch_end=on_epoch_end, show_progress=config.show_progress, group=group, log=log, log_level=logging.INFO,
+    )
     model.eval()
-    if group.is_main:
-        log.info(
-            "%s training: best epoch %d (%s %.4f), %.1fs.",
-            name,
-            result.best_epoch,
-            monitor,
-            result.best_score,
-            result.seconds,
-        )
     return result

@@ -73,7 +73,7 @@ def train_llm4rec(
         config: Training parameters.
         histories: Optional N lists of the prompt's history item ids (kept out of the negatives).
         validate_fn: Called after each epoch with the model in eval mode; returns metrics such as
-            ``{"ndcg@20": ...}``. Without it the training loss is monitored.
+            ``{"valid_NDCG@20": ...}``. Without it the training loss is monitored.
         on_epoch_end: Receives each epoch's record (e.g. to log it to MLflow); rank 0 only under DDP.
         distributed: Train as one rank of the initialised ``torch.distributed`` process group (every rank
             calls this with the same arguments); see :func:`run_training_loop` for what is shared how.

@@ -31,6 +31,7 @@ from tokenrec_pipeline.models.tokenrec import id_token_vocabularies
 from tokenrec_pipeline.pipelines.cf_pretraining.nodes import baseline_enabled
 from tokenrec_pipeline.prompts import sample_prompt_users
 from tokenrec_pipeline.reporting import history_to_mlflow
+from tokenrec_pipeline.training.loop import valid_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def train_autoregressive_model(
     def validate(current: AutoregressiveRecommender) -> dict[str, float]:
         result, _ = evaluate_generation(current, v_prompts, v_users, v_histories, v_targets, trie, beam_size=beam,
                                         mode="constrained")
-        return {k.lower(): v for k, v in result.metrics.items()}
+        return valid_metrics(result.metrics)
 
     train_config = AutoregressiveTrainConfig.from_dict({**autoregressive.get("training", {}), "seed": seed})
     result = train_autoregressive(model, list(train_prompts["prompt"]), train_prompts["target_item"].to_numpy(),
