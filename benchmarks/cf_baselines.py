@@ -27,7 +27,6 @@ import torch
 import yaml
 
 from benchmarks import apply_set_overrides
-
 from tokenrec_pipeline.data.preprocess import filter_k_core, split_leave_one_out, to_implicit_feedback
 from tokenrec_pipeline.data.sources import read_sequences
 from tokenrec_pipeline.models.cf import CFConfig, evaluate_cf, evaluate_pop, train_cf_from_splits
@@ -100,7 +99,8 @@ def run_dataset(dataset: str, args: argparse.Namespace, configs: dict[str, dict]
     counts = split["split"].value_counts()
     n_users, n_items = split["user_id"].nunique(), split["item_id"].nunique()
     n_seen = int(split.loc[split["split"] == "test", "user_id"].nunique())
-    print(f"\n=== {DATASETS[dataset]}: {n_users:,} users ({n_seen:,} seen, {n_users - n_seen:,} unseen), {n_items:,} items, "
+    print(f"\n=== {DATASETS[dataset]}: {n_users:,} users ({n_seen:,} seen, {n_users - n_seen:,} unseen), "
+          f"{n_items:,} items, "
           f"{len(split):,} interactions (train {counts.get('train', 0):,}); unseen fraction {args.unseen_fraction}, "
           f"{args.k_core}-core, seed {args.seed}; prepared in {time.perf_counter() - t0:.1f}s", flush=True)
 
@@ -110,9 +110,9 @@ def run_dataset(dataset: str, args: argparse.Namespace, configs: dict[str, dict]
     def collect(name: str, long, wall: float, best: str, cfg: dict | None, valid_ndcg: float | None) -> None:
         wide = metrics_wide(long[long["split"] == "test"])
         for r in wide.to_dict("records"):
-            rec = {"dataset": dataset, "unseen_fraction": args.unseen_fraction, "model": name, "user_group": r["user_group"],
-                   "n_users": int(r["n_users"]), **{m: float(r[m]) for m in METRICS}, "wall_s": wall, "best_epoch": best,
-                   "valid_NDCG@20": valid_ndcg, "config": cfg}
+            rec = {"dataset": dataset, "unseen_fraction": args.unseen_fraction, "model": name,
+                   "user_group": r["user_group"], "n_users": int(r["n_users"]), **{m: float(r[m]) for m in METRICS},
+                   "wall_s": wall, "best_epoch": best, "valid_NDCG@20": valid_ndcg, "config": cfg}
             records.append(rec)
             extra = f"{wall:>7.1f}s  {best}"
             if valid_ndcg is not None:
@@ -143,7 +143,8 @@ def run_dataset(dataset: str, args: argparse.Namespace, configs: dict[str, dict]
               f"fit {result.fit_seconds:.1f}s, total {wall:.1f}s", flush=True)
         collect(label, long, wall, best, shown, valid)
 
-    header = f"{'model':<9} {'users':<7} {'n':>6} " + " ".join(f"{m:>8}" for m in METRICS) + "  wall     best epoch / run"
+    header = (f"{'model':<9} {'users':<7} {'n':>6} " + " ".join(f"{m:>8}" for m in METRICS)
+              + "  wall     best epoch / run")
     print(f"\n{DATASETS[dataset]} — test, unseen fraction {args.unseen_fraction} "
           f"(unseen users: fold-in '{fold_in}' from their history, no retraining)")
     print(header)
@@ -163,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--k-core", type=int, default=5)
     parser.add_argument("--models", nargs="+", choices=["pop", "mf", "lightgcn"], default=["pop", "mf", "lightgcn"])
     parser.add_argument("--params-file", type=Path, default=None, help=f"default: {PARAMS_FILE}")
-    parser.add_argument("--fold-in", choices=["symmetric", "mean"], default=None, help="default: cf_pretraining.fold_in")
+    parser.add_argument("--fold-in", choices=["symmetric", "mean"], default=None,
+                        help="default: cf_pretraining.fold_in")
     group = parser.add_argument_group("overrides for both MF and LightGCN (default: the YAML's values)")
     group.add_argument("--epochs", type=int)
     group.add_argument("--lr", type=float)
@@ -176,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--optimizer", choices=["adam", "adamw"])
     group.add_argument("--weight-decay", type=float)
     group.add_argument("--device")
-    parser.add_argument("--set", nargs="*", metavar="MODEL.KEY=VALUE", help="per-model override, e.g. mf.lr=0.005 lightgcn.epochs=40")
+    parser.add_argument("--set", nargs="*", metavar="MODEL.KEY=VALUE",
+                        help="per-model override, e.g. mf.lr=0.005 lightgcn.epochs=40")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the shared 2-core machines)")
     parser.add_argument("--json-out", type=Path, default=None, help="also write every record as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no per-epoch progress bar")
@@ -195,9 +198,10 @@ def main(argv: list[str] | None = None) -> None:
         records += run_dataset(dataset, args, configs, fold_in)
     if args.json_out:
         args.json_out.write_text(json.dumps(records, indent=2, default=str))
-    parts = [f"{r['dataset']}/{r['model']}/{r['user_group']} HR@20 {r['HR@20']:.4f} NDCG@20 {r['NDCG@20']:.4f} ({r['wall_s']:.0f}s)"
-             for r in records]
-    print(f"\nSUMMARY (unseen fraction {args.unseen_fraction}, {time.perf_counter() - start:.0f}s): " + "; ".join(parts), flush=True)
+    parts = [f"{r['dataset']}/{r['model']}/{r['user_group']} HR@20 {r['HR@20']:.4f} NDCG@20 {r['NDCG@20']:.4f} "
+             f"({r['wall_s']:.0f}s)" for r in records]
+    print(f"\nSUMMARY (unseen fraction {args.unseen_fraction}, {time.perf_counter() - start:.0f}s): "
+          + "; ".join(parts), flush=True)
 
 
 if __name__ == "__main__":

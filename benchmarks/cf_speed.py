@@ -158,7 +158,8 @@ def measure_quality(cf_module: types.ModuleType, model: str, split, batch_size: 
 
 
 def _write_atomic(folder: Path, name: str, users: np.ndarray, items: np.ndarray) -> None:
-    lines = ["user_id:token\titem_id:token"] + [f"u{u}\ti{i}" for u, i in zip(users.tolist(), items.tolist())]
+    pairs = zip(users.tolist(), items.tolist(), strict=True)
+    lines = ["user_id:token\titem_id:token"] + [f"u{u}\ti{i}" for u, i in pairs]
     (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
 
 

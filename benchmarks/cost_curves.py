@@ -187,7 +187,8 @@ def _prepare(stage: str, n_interactions: int) -> tuple[Callable[[], dict], dict]
     if stage == "tokenizer_fit":
         from tokenrec_pipeline.pipelines.tokenization.nodes import fit_id_tokenizer
 
-        params = {**_params("tokenizer", "tokenization"), "epochs": TOKENIZER_EPOCHS, "patience": TOKENIZER_EPOCHS, "device": "cpu"}
+        params = {**_params("tokenizer", "tokenization"), "epochs": TOKENIZER_EPOCHS, "patience": TOKENIZER_EPOCHS,
+                  "device": "cpu"}
         users, items = _item_vectors(sizes["users"], rng), _item_vectors(sizes["items"], rng)
 
         def fit() -> dict:

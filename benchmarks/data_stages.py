@@ -12,7 +12,12 @@ import argparse
 import time
 from pathlib import Path
 
-from tokenrec_pipeline.data.preprocess import dataset_statistics, filter_k_core, split_leave_one_out, to_implicit_feedback
+from tokenrec_pipeline.data.preprocess import (
+    dataset_statistics,
+    filter_k_core,
+    split_leave_one_out,
+    to_implicit_feedback,
+)
 from tokenrec_pipeline.data.sources import read_movielens_100k
 from tokenrec_pipeline.data.synthetic import SyntheticConfig, generate_synthetic_interactions
 
@@ -43,7 +48,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared-data", type=Path, default=Path("../shared/data"))
     args = parser.parse_args()
-    config = SyntheticConfig(n_users=6040, n_items=3700, n_groups=4, mean_history=200.0, min_history=20, popularity_exponent=0.6)
+    config = SyntheticConfig(n_users=6040, n_items=3700, n_groups=4, mean_history=200.0, min_history=20,
+                             popularity_exponent=0.6)
     _time_stages("synthetic (ML-1M size)", lambda: generate_synthetic_interactions(config, seed=42))
     ml100k = args.shared_data / "ml-100k"
     if ml100k.is_dir():

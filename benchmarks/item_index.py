@@ -82,7 +82,7 @@ class ClusteredMixture:
 def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
     """Mean over queries of |approx_i ∩ exact_i| / k (ids; -1 slots never match a real id)."""
     k = exact.shape[1]
-    hits = [np.intersect1d(a, e, assume_unique=True).shape[0] for a, e in zip(approx, exact)]
+    hits = [np.intersect1d(a, e, assume_unique=True).shape[0] for a, e in zip(approx, exact, strict=True)]
     return float(np.mean(hits)) / k
 
 

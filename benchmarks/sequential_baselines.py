@@ -29,7 +29,6 @@ import torch
 import yaml
 
 from benchmarks import apply_set_overrides
-
 from benchmarks.cf_baselines import DATASETS as SEQUENCE_DATASETS
 from benchmarks.cf_baselines import prepare as prepare_sequences
 from tokenrec_pipeline.data.preprocess import filter_k_core, split_leave_one_out, to_implicit_feedback
@@ -76,9 +75,9 @@ def run_dataset(dataset: str, args: argparse.Namespace, configs: dict[str, dict]
     t0 = time.perf_counter()
     split = prepare(dataset, args.shared_data, args.unseen_fraction, args.k_core, args.seed)
     n_seen = int(split.loc[split["split"] == "test", "user_id"].nunique())
-    print(f"\n=== {dataset}: {split['user_id'].nunique():,} users ({n_seen:,} seen), {split['item_id'].nunique():,} items, "
-          f"{len(split):,} interactions; unseen fraction {args.unseen_fraction}; prepared in {time.perf_counter() - t0:.1f}s",
-          flush=True)
+    print(f"\n=== {dataset}: {split['user_id'].nunique():,} users ({n_seen:,} seen), "
+          f"{split['item_id'].nunique():,} items, {len(split):,} interactions; unseen fraction {args.unseen_fraction}; "
+          f"prepared in {time.perf_counter() - t0:.1f}s", flush=True)
     records, rows = [], []
 
     def collect(name: str, long, wall: float, best: str, valid: dict) -> None:
@@ -104,12 +103,14 @@ def run_dataset(dataset: str, args: argparse.Namespace, configs: dict[str, dict]
         if result.epochs_run >= cfg.get("epochs", 200) or (args.max_seconds and result.fit_seconds > args.max_seconds):
             best += " (capped)"
         last = result.history.dropna(subset=["valid_NDCG@20"]).tail(2)["valid_NDCG@20"].tolist()
-        print(f"[{dataset}] {model}: best epoch {result.best_epoch} of {result.epochs_run}, fit {result.fit_seconds:.1f}s; "
-              f"last valid NDCG@20 {last}", flush=True)
+        print(f"[{dataset}] {model}: best epoch {result.best_epoch} of {result.epochs_run}, "
+              f"fit {result.fit_seconds:.1f}s; last valid NDCG@20 {last}", flush=True)
         collect(model, long, wall, best, result.best_valid_metrics)
 
-    header = f"{'model':<9} {'users':<7} {'n':>6} " + " ".join(f"{m:>8}" for m in METRICS) + "     wall  best epoch / run"
-    print(f"\n{dataset} — test (unseen users scored from their histories, no retraining)\n{header}\n" + "-" * len(header))
+    header = (f"{'model':<9} {'users':<7} {'n':>6} " + " ".join(f"{m:>8}" for m in METRICS)
+              + "     wall  best epoch / run")
+    print(f"\n{dataset} — test (unseen users scored from their histories, no retraining)\n{header}\n"
+          + "-" * len(header))
     print("\n".join(sorted(rows, key=lambda r: r.split()[1] != "seen")), flush=True)
     return records
 
@@ -124,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--k-core", type=int, default=5)
     parser.add_argument("--max-seconds", type=float, default=600.0, help="training time cap per model (s)")
     parser.add_argument("--params-file", type=Path, default=None, help=f"default: {PARAMS_FILE}")
-    parser.add_argument("--set", nargs="*", metavar="MODEL.KEY=VALUE", help="e.g. sasrec.max_length=20 sasrec.dropout=0.2")
+    parser.add_argument("--set", nargs="*", metavar="MODEL.KEY=VALUE",
+                        help="e.g. sasrec.max_length=20 sasrec.dropout=0.2")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the shared 2-core machines)")
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument("--no-progress", action="store_true")
@@ -138,8 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     records = [r for d in args.datasets for r in run_dataset(d, args, configs)]
     if args.json_out:
         args.json_out.write_text(json.dumps(records, indent=2, default=str))
-    summary = "; ".join(f"{r['dataset']}/{r['model']}/{r['user_group']} HR@20 {r['HR@20']:.4f} NDCG@20 {r['NDCG@20']:.4f} "
-                        f"({r['wall_s']:.0f}s)" for r in records)
+    summary = "; ".join(f"{r['dataset']}/{r['model']}/{r['user_group']} HR@20 {r['HR@20']:.4f} "
+                        f"NDCG@20 {r['NDCG@20']:.4f} ({r['wall_s']:.0f}s)" for r in records)
     print(f"\nSUMMARY ({time.perf_counter() - start:.0f}s, {args.threads} thread(s)): {summary}", flush=True)
 
 

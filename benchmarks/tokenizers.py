@@ -122,7 +122,8 @@ def cf_config(conf_dir: Path, dataset: str, args: argparse.Namespace) -> tuple[d
     return cfg, str(params.get("fold_in", "symmetric"))
 
 
-def tokenizer_config(conf_dir: Path, side: str, quantizer: str, dataset: str, args: argparse.Namespace) -> TokenizerConfig:
+def tokenizer_config(conf_dir: Path, side: str, quantizer: str, dataset: str,
+                     args: argparse.Namespace) -> TokenizerConfig:
     """YAML ``tokenizer`` values < ``tokenizer.<side>.overrides`` < quantizer / K / L / seed (/ epochs cap)."""
     params = _load_yaml(conf_dir / TOK_PARAMS, "tokenizer")
     shared = {k: v for k, v in params.items() if k not in ("user", "item")}
@@ -157,7 +158,8 @@ def _cache_path(cache_dir: Path, dataset: str, args: argparse.Namespace, cfg: di
     return cache_dir / f"{dataset}_lightgcn_seed{args.seed}_{digest}.safetensors"
 
 
-def cf_embeddings(dataset: str, split, args: argparse.Namespace, conf_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
+def cf_embeddings(dataset: str, split, args: argparse.Namespace,
+                  conf_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Seen-user, item and folded-in unseen-user vectors: from the cache, or LightGCN trained now."""
     from safetensors.torch import load_file, save_file
 
@@ -172,7 +174,8 @@ def cf_embeddings(dataset: str, split, args: argparse.Namespace, conf_dir: Path)
         info = json.loads(meta.get("info", "{}"))
         info["source"] = f"cache {path}"
         print(f"[{dataset}] loaded LightGCN embeddings from {path} (trained {info.get('best_epoch')} / "
-              f"{info.get('epochs_run')} epochs, valid NDCG@20 {info.get('valid_ndcg20', float('nan')):.4f})", flush=True)
+              f"{info.get('epochs_run')} epochs, valid NDCG@20 {info.get('valid_ndcg20', float('nan')):.4f})",
+              flush=True)
         return tensors, info
 
     shown = {k: v for k, v in cfg.items() if k not in ("model", "show_progress")}
@@ -236,7 +239,8 @@ def run_dataset(dataset: str, args: argparse.Namespace, conf_dir: Path) -> list[
                    "utilisation_mean": diag["utilisation_mean"], "perplexity_min": diag["perplexity_min"],
                    "recon_mse_relative": diag["recon_mse_relative"], "fit_seconds": diag["fit_seconds"],
                    "best_epoch": int(diag["best_epoch"]), "epochs_run": max(len(fitted.history) - 1, 0),
-                   "epochs_max": config.epochs, "beta": config.beta, "max_ids_per_tuple": int(diag["max_ids_per_tuple"]),
+                   "epochs_max": config.epochs, "beta": config.beta,
+                   "max_ids_per_tuple": int(diag["max_ids_per_tuple"]),
                    "unseen_collision_rate": float("nan"), "unseen_collision_vs_all": float("nan"), "n_unseen": 0}
             if side == "user":
                 rec["n_unseen"] = int(len(emb["unseen_user_embeddings"]))
@@ -270,8 +274,10 @@ def format_table(records: list[dict]) -> str:
         lines.append(
             f"{r['dataset']:<7} {r['side']:<4} {r['quantizer']:<6} {r['n_ids']:>6} {_pct(r['collision_rate']):>8} "
             f"{_pct(r['utilisation_min']):>8} {_pct(r['utilisation_mean']):>9} {r['perplexity_min']:>8.1f} "
-            f"{r['recon_mse_relative']:>8.4f} {r['fit_seconds']:>7.1f} {str(r['best_epoch']) + '/' + str(r['epochs_run']):>11} "
-            f"{(r['n_unseen'] or '-'):>8} {_pct(r['unseen_collision_rate']):>10} {_pct(r['unseen_collision_vs_all']):>8}")
+            f"{r['recon_mse_relative']:>8.4f} {r['fit_seconds']:>7.1f} "
+            f"{str(r['best_epoch']) + '/' + str(r['epochs_run']):>11} "
+            f"{(r['n_unseen'] or '-'):>8} {_pct(r['unseen_collision_rate']):>10} "
+            f"{_pct(r['unseen_collision_vs_all']):>8}")
     return "\n".join(lines)
 
 
@@ -297,7 +303,8 @@ def summary(records: list[dict], wall: float) -> str:
             r = mq_item[0]
             ok = r["collision_rate"] < 0.05 and r["utilisation_min"] > 0.8
             parts.append(f"{dataset} MQ item target (<5% collisions, every codebook >80% used): "
-                         f"{'MET' if ok else 'NOT MET'} ({_pct(r['collision_rate']).strip()}, min util {_pct(r['utilisation_min']).strip()})")
+                         f"{'MET' if ok else 'NOT MET'} ({_pct(r['collision_rate']).strip()}, "
+                         f"min util {_pct(r['utilisation_min']).strip()})")
     return f"SUMMARY ({wall:.0f}s): " + "; ".join(parts)
 
 
@@ -318,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-codebooks", type=int, default=3, help="K")
     parser.add_argument("--codebook-size", type=int, default=256, help="L")
     parser.add_argument("--conf-dir", type=Path, default=None, help=f"default: {CONF}")
-    parser.add_argument("--threads", type=int, default=1, help="torch / faiss threads (1 on the shared 2-core machines)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch / faiss threads (1 on the shared 2-core machines)")
     parser.add_argument("--json-out", type=Path, default=None, help="also write every record as JSON")
     return parser
 
