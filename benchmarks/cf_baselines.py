@@ -4,10 +4,10 @@
         [--shared-data ../shared/data] [--unseen-fraction 0.1] [--epochs N] [--lr X]
         [--lambda-reg X] [--batch-size N] [--patience N] [--set mf.lr=0.005 ...]
 
-Reads ``tokenrec_processed/<Name>/user_sequence.txt`` and applies DESIGN.md's protocol with the
+Reads ``tokenrec_processed/<Name>/user_sequence.txt`` and applies docs/DESIGN.md's protocol with the
 project's own functions: implicit feedback, iterative 5-core, chronological leave-one-out with a
 seeded unseen-user holdout (``--unseen-fraction``, default 10%; ``0`` = all users seen, the setting
-of BENCHMARKS.md). Trains MF and LightGCN with ``conf/base/parameters_cf_pretraining.yml``'s values
+of docs/BENCHMARKS.md). Trains MF and LightGCN with ``conf/base/parameters_cf_pretraining.yml``'s values
 (any of them overridable here), early-stopped on the seen users' validation NDCG@20, and prints test
 HR/NDCG@10/20/30 of the selected epoch for seen users and, through fold-in, for unseen users, with
 wall time, best epoch and epochs run per model. Every printed figure is computed in this run.
@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=["lastfm", "beauty"])
     parser.add_argument("--shared-data", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--unseen-fraction", type=float, default=0.1, help="0 = all users seen (BENCHMARKS.md setting)")
+    parser.add_argument("--unseen-fraction", type=float, default=0.1,
+                        help="0 = all users seen (docs/BENCHMARKS.md setting)")
     parser.add_argument("--seed", type=int, default=42, help="split and training seed")
     parser.add_argument("--k-core", type=int, default=5)
     parser.add_argument("--models", nargs="+", choices=["pop", "mf", "lightgcn"], default=["pop", "mf", "lightgcn"])

@@ -7,7 +7,7 @@
 Data: the authors' ``tokenrec_processed/{Beauty,LastFM}/user_sequence.txt`` and RecBole's
 ``ml-100k/ml-100k.inter``, through the project's own preprocessing: implicit feedback, iterative
 5-core, chronological leave-one-out, a seeded unseen-user holdout (``--unseen-fraction``; default 0
-= every user seen, the setting of ``BENCHMARKS.md``'s reference rows). Hyper-parameters come from
+= every user seen, the setting of ``docs/BENCHMARKS.md``'s reference rows). Hyper-parameters come from
 ``conf/base/parameters_baselines.yml`` (override with ``--set``); training is early-stopped on the
 seen users' validation NDCG@20 and capped at ``--max-seconds`` per model. Prints, per model, the
 best validation HR@20 / NDCG@20, test HR/NDCG@10/20/30 of the selected epoch (seen users and,
@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=["beauty", "ml-100k"])
     parser.add_argument("--models", nargs="+", choices=MODELS, default=["sasrec"])
     parser.add_argument("--shared-data", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--unseen-fraction", type=float, default=0.0, help="0 = all users seen (BENCHMARKS.md setting)")
+    parser.add_argument("--unseen-fraction", type=float, default=0.0,
+                        help="0 = all users seen (docs/BENCHMARKS.md setting)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--k-core", type=int, default=5)
     parser.add_argument("--max-seconds", type=float, default=600.0, help="training time cap per model (s)")

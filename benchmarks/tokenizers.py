@@ -5,7 +5,7 @@
         [--cf-epochs N | --cf-epochs beauty=40 ...] [--cache-dir DIR] [--seed 42]
         [--tokenizer-epochs N | --tokenizer-epochs beauty=N ...] [--json-out FILE]
 
-Reads ``tokenrec_processed/<Name>/user_sequence.txt`` and applies DESIGN.md's protocol with the
+Reads ``tokenrec_processed/<Name>/user_sequence.txt`` and applies docs/DESIGN.md's protocol with the
 project's own functions (implicit feedback, iterative 5-core, chronological leave-one-out, a seeded
 10% of users held out as unseen). Trains LightGCN on the train split with
 ``conf/base/parameters_cf_pretraining.yml``'s ``cf_pretraining.lightgcn`` values (early-stopped on

@@ -33,3 +33,9 @@ def test_the_package_build_leaves_the_benchmarks_out() -> None:
     assert "tokenrec_pipeline" in packages
     assert not [name for name in packages if "benchmarks" in name.split(".")]
     assert (ROOT / "benchmarks" / "__init__.py").is_file()
+
+
+def test_docs_list_every_benchmark_with_its_command() -> None:
+    listed = (ROOT / "docs" / "BENCHMARKS.md").read_text(encoding="utf-8")
+    names = sorted(path.stem for path in (ROOT / "benchmarks").glob("*.py") if path.stem != "__init__")
+    assert names and [name for name in names if f"python -m benchmarks.{name}" not in listed] == []

@@ -253,7 +253,7 @@ def lastfm_split() -> pd.DataFrame:
 
 @pytest.mark.realdata
 def test_lastfm_pop_matches_benchmarks(lastfm_split: pd.DataFrame) -> None:
-    # BENCHMARKS.md, LastFM Pop (exact counts, expected rank over ties): HR@20 0.0602, NDCG@20 0.0236.
+    # docs/BENCHMARKS.md, LastFM Pop (exact counts, expected rank over ties): HR@20 0.0602, NDCG@20 0.0236.
     _, results = cf.evaluate_pop(lastfm_split, split="test")
     metrics = results["seen"].metrics
     assert results["seen"].n_users == 1090

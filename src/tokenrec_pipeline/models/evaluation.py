@@ -1,6 +1,6 @@
 """The one full-ranking evaluator used by every model in the project.
 
-Protocol (DESIGN.md, "Evaluation protocol"): every evaluated user has one target item and an input
+Protocol (docs/DESIGN.md, "Evaluation protocol"): every evaluated user has one target item and an input
 history. All items are ranked; the history items get score ``-inf`` (never 0: with cosine scores a
 0 would still outrank every negatively scored item); the target is never excluded, even when it
 also appears in the history. HR@K and NDCG@K are averaged over users.
@@ -18,7 +18,7 @@ Under a random order within the tie the target's 0-based rank is uniform on ``{g
 and the reported per-user rank is its expectation ``g + t / 2``. This is deterministic (no random
 tie breaking), independent of how ids were assigned, exact for models with continuous scores
 (``t = 0``), and honest for tie-heavy scorers: a constant scorer gets ``HR@K = K / n_candidates``,
-never 1, and Pop lands on the "exact expectation" numbers of BENCHMARKS.md. The top-K *lists*
+never 1, and Pop lands on the "exact expectation" numbers of docs/BENCHMARKS.md. The top-K *lists*
 (returned on request, e.g. for serving) break ties by the smaller item id, deterministically.
 
 Ranks are found by comparison counting on a ``(batch, n_items)`` score block — no sort, no per-user
