@@ -1,6 +1,6 @@
 """Sequential baselines: SASRec (Kang & McAuley 2018) and BERT4Rec (Sun et al. 2019).
 
-Under this project's protocol sequential models are the strongest peers (``BENCHMARKS.md``), so the
+Under this project's protocol sequential models are the strongest peers (``docs/BENCHMARKS.md``), so the
 report puts them beside Pop, MF, LightGCN and TokenRec, trained and scored on the same splits by the
 same evaluator (:mod:`tokenrec_pipeline.models.evaluation`): history items excluded with ``-inf``,
 early stopping on the seen users' validation NDCG@20, test computed once at the selected epoch.
@@ -26,7 +26,7 @@ Libraries checked before writing this (PyPI, 2026-11):
 * RecBole 1.2.1 has both models but is a whole framework (its own config, dataset and trainer
   classes), pins ``colorlog==4.7.2``, ``colorama==0.4.4`` and ``ray<=2.6.3``, pulls tensorboard and
   thop, saves pickled checkpoints, and does not exclude history items when ranking for sequential
-  models; its last release is from 2025-02. BENCHMARKS.md's reference rows come from it, outside
+  models; its last release is from 2025-02. docs/BENCHMARKS.md's reference rows come from it, outside
   this project.
 * replay-rec 0.22.0 (SASRec and BERT4Rec on Lightning) requires ``pandas<3`` and ``pyarrow<24``;
   this project runs pandas 3.1 and pyarrow 25.

@@ -14,7 +14,7 @@ from tokenrec_pipeline.models.cf.fold_in import FoldInMethod, fold_in_item_embed
 from tokenrec_pipeline.models.evaluation import DEFAULT_KS, Histories
 
 SELECTION_METRIC = "NDCG@20"
-"""Validation metric that picks the epoch (DESIGN.md: model selection on validation only)."""
+"""Validation metric that picks the epoch (docs/DESIGN.md: model selection on validation only)."""
 
 ModelName = Literal["lightgcn", "mf"]
 
