@@ -4,6 +4,10 @@ The YAML maps the paper's dataset names to ours (``datasets``) and its model nam
 (``models``), and lists every reported value with its table number (``results``). The evaluation
 report prints them beside this run's values; they come from a different protocol and are not
 directly comparable (the file's ``protocol_note`` says why).
+
+The pipeline reads the file through the catalog (entry ``paper_reference``); :func:`load_paper_reference`
+reads it outside a Kedro run, from the Kedro project it is given or the one around the current directory
+(the file is configuration of the project, not of the installed package).
 """
 
 from __future__ import annotations
@@ -12,19 +16,46 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+from kedro.utils import find_kedro_project
 
 PAPER_METRICS = ("HR@10", "HR@20", "HR@30", "NDCG@10", "NDCG@20", "NDCG@30")
 PAPER_ROW_COLUMNS = ("paper_dataset", "table", "paper_model", "model", "user_group", "metric", "value")
 TABLE_ORDER = {"II": 2, "III": 3, "IV": 4}
-DEFAULT_PATH = Path(__file__).resolve().parents[2] / "conf" / "base" / "paper_reference.yml"
+REFERENCE_FILE = Path("conf") / "base" / "paper_reference.yml"
+"""The reference's place in a Kedro project (the catalog entry ``paper_reference`` reads the same file)."""
 
 
 class PaperReferenceError(ValueError):
     """``paper_reference.yml`` is malformed."""
 
 
-def load_paper_reference(path: str | Path = DEFAULT_PATH) -> dict:
-    """Read and check ``paper_reference.yml`` (keys ``datasets``, ``models``, ``results``)."""
+def paper_reference_path(project_path: str | Path | None = None) -> Path:
+    """``conf/base/paper_reference.yml`` of the Kedro project at ``project_path``, else of the Kedro project
+    that holds the current directory (``kedro.utils.find_kedro_project``, as ``kedro run`` finds it).
+
+    Raises ``FileNotFoundError`` naming the file when there is no such project or the project lacks it.
+    """
+    if project_path is None:
+        project_path = find_kedro_project(Path.cwd())
+        if project_path is None:
+            raise FileNotFoundError(
+                f"Cannot find {REFERENCE_FILE.as_posix()}: {Path.cwd()} is not inside a Kedro project (no "
+                "pyproject.toml with [tool.kedro] here or above). Run from the project, or pass project_path= "
+                "or the file's path.")
+    path = Path(project_path) / REFERENCE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: the Kedro project at {project_path} has no "
+                                f"{REFERENCE_FILE.as_posix()} (the paper's reported numbers).")
+    return path
+
+
+def load_paper_reference(path: str | Path | None = None, project_path: str | Path | None = None) -> dict:
+    """Read and check ``paper_reference.yml`` (keys ``datasets``, ``models``, ``results``): ``path``, else the
+    Kedro project's file (:func:`paper_reference_path` of ``project_path``)."""
+    if path is None:
+        path = paper_reference_path(project_path)
+    elif not Path(path).is_file():
+        raise FileNotFoundError(f"{path} does not exist (the paper's reported numbers, {REFERENCE_FILE.name}).")
     with open(path, encoding="utf-8") as handle:
         reference = yaml.safe_load(handle)
     check_paper_reference(reference, str(path))
@@ -41,9 +72,11 @@ def check_paper_reference(reference: dict, source: str = "paper_reference.yml") 
         if absent:
             raise PaperReferenceError(f"{source}: results[{i}] lacks {sorted(absent)}.")
         if entry["dataset"] not in reference["datasets"]:
-            raise PaperReferenceError(f"{source}: results[{i}] names dataset {entry['dataset']!r}, not under `datasets`.")
+            raise PaperReferenceError(f"{source}: results[{i}] names dataset {entry['dataset']!r}, "
+                                      "not under `datasets`.")
         if str(entry["table"]) not in TABLE_ORDER:
-            raise PaperReferenceError(f"{source}: results[{i}] has table {entry['table']!r}; expected one of {list(TABLE_ORDER)}.")
+            raise PaperReferenceError(f"{source}: results[{i}] has table {entry['table']!r}; "
+                                      f"expected one of {list(TABLE_ORDER)}.")
         if not set(entry) & set(PAPER_METRICS):
             raise PaperReferenceError(f"{source}: results[{i}] has no metric among {PAPER_METRICS}.")
 
@@ -89,15 +122,15 @@ def paper_beside(wide: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     columns = {metric: [float("nan")] * len(out) for metric in PAPER_METRICS}
     tables = [""] * len(out)
     for i, row in enumerate(out.itertuples(index=False)):
-        if getattr(row, "split") != "test":
+        if row.split != "test":
             continue
-        mine = rows[rows["model"] == getattr(row, "model")]
-        for group in preference.get(getattr(row, "user_group"), ()):
+        mine = rows[rows["model"] == row.model]
+        for group in preference.get(row.user_group, ()):
             match = mine[mine["user_group"] == group]
             if len(match):
                 table = min(match["table"], key=TABLE_ORDER.get)
                 match = match[match["table"] == table]
-                for metric, value in zip(match["metric"], match["value"]):
+                for metric, value in zip(match["metric"], match["value"], strict=True):
                     columns[metric][i] = value
                 tables[i] = table
                 break
