@@ -90,12 +90,12 @@ def test_tokenizer_diagnostics_refuses_empty_or_incomplete_tables():
 
 
 def _history(metric_column: str, n: int = 4) -> pd.DataFrame:
-    return pd.DataFrame({"epoch": range(n), "loss": np.linspace(0.7, 0.4, n), metric_column: np.linspace(0.1, 0.2, n)})
+    return pd.DataFrame({"epoch": range(1, n + 1), "loss": np.linspace(0.7, 0.4, n), metric_column: np.linspace(0.1, 0.2, n)})
 
 
 def test_training_curves_plot_loss_and_validation_ndcg_for_cf_and_language_model():
     fig = training_curves_figure({"lightgcn.training_history": _history("valid_NDCG@20"),
-                                  "llm4rec_training_history": _history("ndcg@20", 2)})
+                                  "llm4rec_training_history": _history("valid_NDCG@20", 2)})
     assert "NDCG@20" in fig.layout.title.text
     assert fig.layout.xaxis.title.text == "epoch" and fig.layout.yaxis.title.text and fig.layout.yaxis2.title.text
     assert [t.name for t in fig.data if t.showlegend is not False] == ["lightgcn", "llm4rec"]
@@ -109,7 +109,7 @@ def test_training_curves_name_the_table_that_is_empty_or_lacks_the_metric():
         training_curves_figure({"lightgcn.training_history": _history("valid_NDCG@20"),
                                 "mf.training_history": _history("valid_NDCG@20").iloc[:0]})
     with pytest.raises(MissingTableError, match="llm4rec_training_history.*NDCG@20"):
-        training_curves_figure({"llm4rec_training_history": _history("hr@20")})
+        training_curves_figure({"llm4rec_training_history": _history("valid_HR@20")})
     with pytest.raises(MissingTableError):
         training_curves_figure({})
 
@@ -119,15 +119,15 @@ def test_training_curves_node_leaves_out_a_switched_off_cf_model_only():
     a model that was trained (in the list, or the tokenizers' cf_pretraining.model) must have its history."""
     empty = _history("valid_NDCG@20").iloc[:0]
     reporting = {"curve_metric": "NDCG@20"}
-    fig = plot_training_curves(_history("valid_NDCG@20"), empty, _history("ndcg@20", 2), ["pop", "lightgcn"],
+    fig = plot_training_curves(_history("valid_NDCG@20"), empty, _history("valid_NDCG@20", 2), ["pop", "lightgcn"],
                                "lightgcn", reporting)
     assert [t.name for t in fig.data if t.showlegend is not False] == ["lightgcn", "llm4rec"]
     # LightGCN off the list but feeding the tokenizers: still trained, still drawn.
-    fig = plot_training_curves(_history("valid_NDCG@20"), empty, _history("ndcg@20", 2), ["pop"], "lightgcn",
+    fig = plot_training_curves(_history("valid_NDCG@20"), empty, _history("valid_NDCG@20", 2), ["pop"], "lightgcn",
                                reporting)
     assert [t.name for t in fig.data if t.showlegend is not False] == ["lightgcn", "llm4rec"]
     with pytest.raises(MissingTableError, match="mf.training_history"):
-        plot_training_curves(_history("valid_NDCG@20"), empty, _history("ndcg@20", 2), ["pop", "lightgcn", "mf"],
+        plot_training_curves(_history("valid_NDCG@20"), empty, _history("valid_NDCG@20", 2), ["pop", "lightgcn", "mf"],
                              "lightgcn", reporting)
 
 

@@ -47,13 +47,20 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from tokenrec_pipeline.core.params import dataclass_from_dict
+from tokenrec_pipeline.core.params import dataclass_from_dict, resolve_device
 from tokenrec_pipeline.models.evaluation import expected_hit_rate, expected_ndcg
-from tokenrec_pipeline.models.llm4rec import LLM4Rec, LLM4RecConfig, TrainConfig, build_llm4rec, load_llm4rec, train_llm4rec
-from tokenrec_pipeline.training.engine import ProcessGroup, TrainResult, check_global_batch, resolve_device
+from tokenrec_pipeline.models.llm4rec import (
+    LLM4Rec,
+    LLM4RecConfig,
+    TrainConfig,
+    build_llm4rec,
+    load_llm4rec,
+    train_llm4rec,
+)
 from tokenrec_pipeline.models.tokenizers import FittedTokenizer, load_tokenizer
 from tokenrec_pipeline.models.tokenrec import evaluate_prompts
 from tokenrec_pipeline.reporting import history_to_mlflow
+from tokenrec_pipeline.training.engine import ProcessGroup, TrainResult, check_global_batch
 
 logger = logging.getLogger(__name__)
 

@@ -24,6 +24,8 @@ import plotly.graph_objects as go  # noqa: E402
 from plotly.colors import qualitative  # noqa: E402
 from plotly.subplots import make_subplots  # noqa: E402
 
+from tokenrec_pipeline.training.loop import VALID_PREFIX  # noqa: E402
+
 RANKING_METRICS = ("HR@10", "HR@20", "HR@30", "NDCG@10", "NDCG@20", "NDCG@30")
 PALETTE = qualitative.Plotly + qualitative.D3
 
@@ -125,26 +127,22 @@ def tokenizer_diagnostics_figure(diagnostics: pd.DataFrame, table_name: str = "t
     return fig
 
 
-def _column(history: pd.DataFrame, pattern: str) -> str | None:
-    return next((c for c in history.columns if re.fullmatch(pattern, str(c), flags=re.IGNORECASE)), None)
-
-
 def training_curves_figure(histories: Mapping[str, pd.DataFrame], metric: str = "NDCG@20") -> go.Figure:
     """Training loss and validation ``metric`` per epoch, one line per model.
 
-    ``histories`` maps a table name (e.g. ``lightgcn.training_history``) to its per-epoch table with
-    ``epoch``, ``loss`` and the validation metric (``valid_NDCG@20`` or ``ndcg@20``).
+    ``histories`` maps a table name (e.g. ``lightgcn.training_history``) to its per-epoch table in the one
+    history format of :mod:`tokenrec_pipeline.training.loop`: ``epoch`` (1-based, 0 = before training),
+    ``loss`` and ``valid_<metric>``.
     """
     if not histories:
         raise MissingTableError("No training history table was given, so no training curve can be drawn.")
-    metric_pattern = rf"(valid_)?{re.escape(metric)}"
+    column = f"{VALID_PREFIX}{metric}"
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Training loss", f"Validation {metric}"))
     colours = _colours(list(histories))
     for name, history in histories.items():
         require_table(history, name, ("epoch", "loss"))
-        column = _column(history, metric_pattern)
-        if column is None:
-            raise MissingTableError(f"Table '{name}' has no validation {metric} column (it has {list(history.columns)}).")
+        if column not in history.columns:
+            raise MissingTableError(f"Table '{name}' has no {column} column (it has {list(history.columns)}).")
         label = name.removesuffix(".training_history").removesuffix("_training_history")
         style = {"name": label, "legendgroup": label, "line_color": colours[name], "mode": "lines+markers"}
         fig.add_trace(go.Scatter(x=list(history["epoch"]), y=list(history["loss"]), **style), row=1, col=1)

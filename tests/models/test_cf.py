@@ -158,14 +158,14 @@ def test_same_seed_same_embeddings(split_frame: pd.DataFrame) -> None:
     assert torch.equal(first.item_embeddings, second.item_embeddings)
     other = cf.train_cf(train, replace(config, seed=8))
     assert not torch.equal(first.item_embeddings, other.item_embeddings)
-    assert first.best_epoch == 1 and first.epochs_run == 2  # no validation: last epoch kept
+    assert first.best_epoch == 2 and first.epochs_run == 2  # no validation: last epoch kept (epochs count from 1)
 
 
 def test_early_stopping_keeps_best_epoch(split_frame: pd.DataFrame) -> None:
     # lr = 0: the metric never improves after the first validation, so training stops after `patience` more.
     config = cf.CFConfig(epochs=50, batch_size=256, lr=0.0, embedding_dim=8, patience=3, show_progress=False, device="cpu")
     res = cf.train_cf_from_splits(split_frame, config)
-    assert res.best_epoch == 0 and res.epochs_run == 4
+    assert res.best_epoch == 1 and res.epochs_run == 4  # the first epoch, then patience=3 validations
 
 
 def test_fold_in_formula_and_purity() -> None:

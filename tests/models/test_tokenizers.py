@@ -240,7 +240,7 @@ def test_torch_input_gives_the_same_codes(fitted_mq: FittedTokenizer, data: tupl
 def test_history_records_every_term(fitted_mq: FittedTokenizer) -> None:
     init, first = fitted_mq.history[0], fitted_mq.history[1]
     assert init["epoch"] == 0 and set(init) == {"epoch", "valid_recon_mse", "utilisation_min", "train_collision_rate"}
-    assert set(first) == set(init) | {"loss", "recon", "codebook", "commitment", "reseeded", "lr"}
+    assert set(first) == set(init) | {"loss", "recon", "codebook", "commitment", "reseeded", "lr", "seconds"}
     assert [h["epoch"] for h in fitted_mq.history] == list(range(len(fitted_mq.history)))
     best = min(h["valid_recon_mse"] for h in fitted_mq.history)
     assert fitted_mq.history[fitted_mq.best_epoch]["valid_recon_mse"] == best

@@ -40,20 +40,18 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from tokenrec_pipeline.models.cf import resolve_device
+from tokenrec_pipeline.core.params import resolve_device
 from tokenrec_pipeline.models.evaluation import (
     DEFAULT_KS,
     EvalInputs,
@@ -67,6 +65,7 @@ from tokenrec_pipeline.models.evaluation import (
     histories_to_csr,
     split_sizes,
 )
+from tokenrec_pipeline.training.loop import EarlyStopping, fit_epochs, valid_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -405,13 +404,10 @@ def train_sequential(
     generator = torch.Generator().manual_seed(config.seed)
     valid_fn = sequential_score_fn(model, valid, device) if valid is not None and len(valid) else None
 
-    history: list[dict[str, float]] = []
-    best_score, best_epoch, bad_evals = -math.inf, -1, 0
-    best_state: dict[str, Tensor] | None = None
-    best_metrics: dict[str, float] = {}
-    epochs = tqdm(range(config.epochs), desc=f"{config.model} training", disable=not config.show_progress, leave=False)
-    epoch = -1
-    for epoch in epochs:
+    best: dict[str, Any] = {}  # the best epoch's weights and validation metrics
+    last_metrics: dict[str, float] = {}
+
+    def train_epoch(epoch: int) -> dict[str, float]:
         model.train()
         perm = torch.randperm(len(windows), generator=generator)
         total = torch.zeros((), device=device)
@@ -429,33 +425,25 @@ def train_sequential(
             loss.backward()
             optimizer.step()
             total += loss.detach() * len(batch)
-        record: dict[str, float] = {"epoch": epoch, "loss": float(total) / len(windows)}
+        return {"loss": float(total) / len(windows)}
 
-        if valid_fn is not None and ((epoch + 1) % config.eval_every == 0 or epoch == config.epochs - 1):
-            res = evaluate_inputs(valid, score_fn=valid_fn, ks=config.eval_ks, batch_size=config.eval_batch_size)
-            record.update({f"valid_{k}": v for k, v in res.metrics.items()})
-            score = res.metrics[SELECTION_METRIC]
-            if score > best_score:
-                best_score, best_epoch, bad_evals = score, epoch, 0
-                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-                best_metrics = dict(res.metrics)
-            else:
-                bad_evals += 1
-            epochs.set_postfix(loss=f"{record['loss']:.4f}", ndcg20=f"{score:.4f}", best=best_epoch)
-            logger.debug("%s epoch %d: loss %.4f, valid %s %.4f (%.0f s)", config.model, epoch, record["loss"],
-                         SELECTION_METRIC, score, time.perf_counter() - start)
-        history.append(record)
-        if bad_evals >= config.patience:
-            break
-        if config.max_train_seconds is not None and time.perf_counter() - start > config.max_train_seconds:
-            logger.info("%s: max_train_seconds=%s reached after epoch %d.", config.model, config.max_train_seconds, epoch)
-            break
+    def validate(epoch: int) -> dict[str, float]:
+        res = evaluate_inputs(valid, score_fn=valid_fn, ks=config.eval_ks, batch_size=config.eval_batch_size)
+        last_metrics.clear()
+        last_metrics.update(res.metrics)
+        return valid_metrics(res.metrics)
 
-    epochs_run = epoch + 1
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    else:
-        best_epoch = epochs_run - 1
+    def keep_best(epoch: int) -> None:
+        best["state"] = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        best["metrics"] = dict(last_metrics)
+
+    stopping = EarlyStopping(f"valid_{SELECTION_METRIC}", "max", config.patience)
+    result = fit_epochs(config.model, config.epochs, train_epoch, validate if valid_fn is not None else None,
+                        stopping, keep_best=keep_best, restore_best=lambda: model.load_state_dict(best["state"]),
+                        eval_every=config.eval_every, max_seconds=config.max_train_seconds,
+                        show_progress=config.show_progress, log=logger)
+    best_epoch, epochs_run, best_metrics = result.best_epoch, result.epochs_run, best.get("metrics", {})
+    history = result.history
     model.eval()
     fit_seconds = time.perf_counter() - start
     logger.info(

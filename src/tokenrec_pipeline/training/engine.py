@@ -13,11 +13,9 @@ loop needs), :func:`check_global_batch`, :func:`resolve_device` and :func:`limit
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -29,8 +27,8 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from tokenrec_pipeline.core.params import dataclass_from_dict
-from tokenrec_pipeline.training.loop import EarlyStopping, TrainResult, fit_epochs
 from tokenrec_pipeline.models.precision import resolve_precision
+from tokenrec_pipeline.training.loop import EarlyStopping, TrainResult, fit_epochs
 
 logger = logging.getLogger(__name__)
 
@@ -97,27 +95,6 @@ class LoopConfig:
     def from_dict(cls, values: Mapping[str, Any]) -> Any:
         """Build from a parameters mapping, rejecting unknown keys."""
         return dataclass_from_dict(cls, values, cls.PARAMETERS)
-
-
-@contextlib.contextmanager
-def limit_torch_threads(num_threads: int | None) -> Iterator[None]:
-    """Temporarily set torch's intra-op thread count (``None``: no change); restores it on exit."""
-    if num_threads is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(int(num_threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/"auto" -> CUDA when available, else CPU; anything else as given."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @dataclass(frozen=True)

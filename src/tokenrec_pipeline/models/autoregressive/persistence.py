@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from tokenrec_pipeline.core.folders import read_saved_config
+from tokenrec_pipeline.core.params import resolve_device
 from tokenrec_pipeline.models.autoregressive.config import (
     BACKBONE_DIR,
     CONFIG_FILE,
@@ -33,7 +34,6 @@ from tokenrec_pipeline.models.backbone import (
     from_pretrained_dtype,
     resolve_backbone_path,
 )
-from tokenrec_pipeline.training.engine import resolve_device
 
 
 def _resolve_decoder(config: AutoregressiveConfig, kind: str) -> DecoderKind:

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tokenrec_pipeline.core.params import limit_torch_threads
 from tokenrec_pipeline.models.autoregressive.model import AutoregressiveRecommender
 from tokenrec_pipeline.models.precision import autocast
 from tokenrec_pipeline.training.engine import (
     LoopConfig,
     TrainResult,
-    limit_torch_threads,
     prepare_training,
     run_training_loop,
 )

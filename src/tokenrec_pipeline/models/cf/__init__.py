@@ -18,7 +18,8 @@ negative sampling), :mod:`.models` (train graph, ``SparseLightGCN``, ``MatrixFac
 items from their histories) and :mod:`.protocol` (protocol evaluation of CF and Pop).
 """
 
-from tokenrec_pipeline.models.cf.config import SELECTION_METRIC, CFConfig, CFResult, ModelName, resolve_device
+from tokenrec_pipeline.core.params import resolve_device
+from tokenrec_pipeline.models.cf.config import SELECTION_METRIC, CFConfig, CFResult, ModelName
 from tokenrec_pipeline.models.cf.data import (
     TrainInteractions,
     item_popularity,

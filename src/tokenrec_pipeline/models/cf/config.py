@@ -7,7 +7,6 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import Tensor
 
 from tokenrec_pipeline.models.cf.fold_in import FoldInMethod, fold_in_item_embeddings, fold_in_user_embeddings
@@ -17,13 +16,6 @@ SELECTION_METRIC = "NDCG@20"
 """Validation metric that picks the epoch (docs/DESIGN.md: model selection on validation only)."""
 
 ModelName = Literal["lightgcn", "mf"]
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` if given, else CUDA when available, else CPU."""
-    if device is not None and str(device) not in ("", "auto"):
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @dataclass

@@ -10,7 +10,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from tokenrec_pipeline.models.cf.config import CFResult, resolve_device
+from tokenrec_pipeline.core.params import resolve_device
+from tokenrec_pipeline.models.cf.config import CFResult
 from tokenrec_pipeline.models.cf.data import train_interactions_from_splits
 from tokenrec_pipeline.models.cf.fold_in import FoldInMethod
 from tokenrec_pipeline.models.evaluation import (

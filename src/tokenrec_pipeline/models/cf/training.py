@@ -12,15 +12,15 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
+from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn.models.lightgcn import BPRLoss
-from tqdm.auto import tqdm
 
-from tokenrec_pipeline.models.cf.config import SELECTION_METRIC, CFConfig, CFResult, resolve_device
+from tokenrec_pipeline.core.params import resolve_device
+from tokenrec_pipeline.models.cf.config import SELECTION_METRIC, CFConfig, CFResult
 from tokenrec_pipeline.models.cf.data import (
     TrainInteractions,
     positive_keys,
@@ -30,6 +30,7 @@ from tokenrec_pipeline.models.cf.data import (
 from tokenrec_pipeline.models.cf.fold_in import fold_in_scales
 from tokenrec_pipeline.models.cf.models import build_cf_model, build_edge_index, normalized_adjacency
 from tokenrec_pipeline.models.evaluation import EvalInputs, RankingResult, eval_inputs_from_splits, evaluate_inputs
+from tokenrec_pipeline.training.loop import EarlyStopping, fit_epochs, valid_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -147,14 +148,10 @@ def train_cf(train: TrainInteractions, config: CFConfig, valid: EvalInputs | Non
     n_pairs = len(users_t)
     validator = _Validator(valid, n_seen, config, device) if valid is not None and len(valid) else None
 
-    history: list[dict[str, float]] = []
-    best_score, best_epoch, bad_evals = -np.inf, -1, 0
-    best_emb: Tensor | None = None
-    best_state: dict[str, Tensor] | None = None
-    best_metrics: dict[str, float] = {}
-    epochs = tqdm(range(config.epochs), desc=f"{config.model} training", disable=not config.show_progress, leave=False)
-    epoch = -1
-    for epoch in epochs:
+    best: dict[str, Any] = {}  # the best epoch's embeddings, raw parameters and validation metrics
+    last_valid: dict[str, Any] = {}
+
+    def train_epoch(epoch: int) -> dict[str, float]:
         model.train()
         # Shuffle and sample on the host (seeded CPU generator: same draws on every device), then
         # move the epoch's node ids to the device once; batches are slices, no per-batch copies.
@@ -169,36 +166,31 @@ def train_cf(train: TrainInteractions, config: CFConfig, valid: EvalInputs | Non
             loss = bpr_step(model, adjacency, optimizer, batch_users[s:e], batch_pos[s:e], batch_neg[s:e],
                             config.lambda_reg)
             epoch_loss += loss * (e - s)
-        record: dict[str, float] = {"epoch": epoch, "loss": float(epoch_loss) / n_pairs}
+        return {"loss": float(epoch_loss) / n_pairs}
 
-        if validator is not None and ((epoch + 1) % config.eval_every == 0 or epoch == config.epochs - 1):
-            model.eval()
-            with torch.no_grad():
-                emb = model.get_embedding(adjacency)
-            res = validator(emb)
-            record.update({f"valid_{k}": v for k, v in res.metrics.items()})
-            score = res.metrics[SELECTION_METRIC]
-            if score > best_score:
-                best_score, best_epoch, bad_evals = score, epoch, 0
-                best_emb = emb.detach().cpu().clone()
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                best_metrics = dict(res.metrics)
-            else:
-                bad_evals += 1
-            epochs.set_postfix(loss=f"{record['loss']:.4f}", ndcg20=f"{score:.4f}", best=best_epoch)
-            logger.debug("%s epoch %d: loss %.4f, valid %s %.4f", config.model, epoch, record["loss"],
-                         SELECTION_METRIC, score)
-        history.append(record)
-        if bad_evals >= config.patience:
-            break
-
-    epochs_run = epoch + 1
-    if best_emb is None:  # no validation: keep the last epoch
+    def validate(epoch: int) -> dict[str, float]:
         model.eval()
         with torch.no_grad():
-            best_emb = model.get_embedding(adjacency).detach().cpu().clone()
-        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        best_epoch = epochs_run - 1
+            last_valid["emb"] = model.get_embedding(adjacency)
+        last_valid["metrics"] = validator(last_valid["emb"]).metrics
+        return valid_metrics(last_valid["metrics"])
+
+    def keep_best(epoch: int) -> None:
+        best["emb"] = last_valid["emb"].detach().cpu().clone()
+        best["state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        best["metrics"] = dict(last_valid["metrics"])
+
+    stopping = EarlyStopping(f"valid_{SELECTION_METRIC}", "max", config.patience)
+    result = fit_epochs(config.model, config.epochs, train_epoch, validate if validator is not None else None,
+                        stopping, keep_best=keep_best, eval_every=config.eval_every, show_progress=config.show_progress,
+                        log=logger)
+    best_epoch, epochs_run, best_metrics = result.best_epoch, result.epochs_run, best.get("metrics", {})
+    if not best:  # no validation: keep the last epoch
+        model.eval()
+        with torch.no_grad():
+            best["emb"] = model.get_embedding(adjacency).detach().cpu().clone()
+        best["state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    best_emb, best_state = best["emb"], best["state"]
 
     model.load_state_dict(best_state)
     model.eval()
@@ -206,7 +198,7 @@ def train_cf(train: TrainInteractions, config: CFConfig, valid: EvalInputs | Non
         basis = model.fold_in_basis(adjacency).detach().cpu().clone()
     user_scales, item_scales = fold_in_scales(train, best_emb, basis)
     fit_seconds = time.perf_counter() - start
-    frame = pd.DataFrame(history)
+    frame = pd.DataFrame(result.history)
     logger.info(
         "%s: best epoch %d of %d (valid %s=%.4f, HR@20=%.4f), %.1f s on %s",
         config.model,

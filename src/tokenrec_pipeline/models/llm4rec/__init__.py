@@ -33,7 +33,7 @@ Shapes: ``B`` batch, ``L`` sequence length, ``H`` backbone hidden size, ``d`` CF
 """
 
 from tokenrec_pipeline.core.folders import read_saved_config, staged_folder
-from tokenrec_pipeline.core.params import dataclass_from_dict
+from tokenrec_pipeline.core.params import dataclass_from_dict, limit_torch_threads, resolve_device
 from tokenrec_pipeline.models.backbone import (
     BACKBONE_KINDS,
     DEFAULT_BACKBONE,
@@ -69,9 +69,7 @@ from tokenrec_pipeline.training.engine import (
     TrainResult,
     check_global_batch,
     length_bucketed_batches,
-    limit_torch_threads,
     prepare_training,
-    resolve_device,
     run_training_loop,
 )
 

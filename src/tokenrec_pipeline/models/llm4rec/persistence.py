@@ -15,6 +15,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from tokenrec_pipeline.core.folders import read_saved_config
+from tokenrec_pipeline.core.params import resolve_device
 from tokenrec_pipeline.models.backbone import (
     BackboneAdapter,
     add_recommendation_tokens,
@@ -37,7 +38,6 @@ from tokenrec_pipeline.models.llm4rec.config import (
 )
 from tokenrec_pipeline.models.llm4rec.model import LLM4Rec
 from tokenrec_pipeline.models.tokenizers import FittedTokenizer, load_tokenizer
-from tokenrec_pipeline.training.engine import resolve_device
 
 
 def build_llm4rec(

@@ -11,6 +11,7 @@ from typing import ClassVar
 
 import torch
 
+from tokenrec_pipeline.core.params import limit_torch_threads
 from tokenrec_pipeline.models.item_space import queries_to_space
 from tokenrec_pipeline.models.llm4rec.loss import pad_histories, sample_negatives, softmax_loss, tokenrec_loss
 from tokenrec_pipeline.models.llm4rec.model import LLM4Rec
@@ -18,7 +19,6 @@ from tokenrec_pipeline.models.precision import autocast
 from tokenrec_pipeline.training.engine import (
     LoopConfig,
     TrainResult,
-    limit_torch_threads,
     prepare_training,
     run_training_loop,
 )

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from tokenrec_pipeline.core.params import resolve_device
+
 #: The quantisers this module implements (paper Table VI).
 QUANTIZERS: tuple[str, ...] = ("mq", "rqvae", "vqvae", "kmeans")
 #: Learning-rate schedules of the tokenizer fit (``TokenizerConfig.lr_schedule``).
@@ -211,9 +213,7 @@ class TokenizerConfig:
         Raises:
             TokenizerConfigError: a CUDA device was asked for but none is available.
         """
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        device = torch.device(self.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            self._fail("device", f"{self.device!r} requested but CUDA is not available; use 'auto' or 'cpu'")
-        return device
+        try:
+            return resolve_device(self.device, f"{self.param_prefix}.device")
+        except ValueError as err:
+            self._fail("device", str(err).split(": ", 1)[1])

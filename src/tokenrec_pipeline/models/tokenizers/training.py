@@ -19,7 +19,8 @@ import faiss
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+
+from tokenrec_pipeline.training.loop import EarlyStopping, fit_epochs
 
 from .config import TokenizerConfig, TokenizerConfigError
 from .diagnostics import collision_rate
@@ -313,10 +314,12 @@ def _train(
         else None
     )
     n = x_train.shape[0]
-    best_mse, best_epoch, stale = history[-1]["valid_recon_mse"], 0, 0
-    best_state = copy.deepcopy(model.state_dict())
-    bar = tqdm(range(1, config.epochs + 1), desc=f"{config.quantizer} tokenizer", unit="epoch", disable=None)
-    for epoch in bar:
+    best_state = copy.deepcopy(model.state_dict())  # the k-means init (epoch 0) is a candidate too
+    stopping = EarlyStopping("valid_recon_mse", "min", config.patience)
+    stopping.update(0, history[-1]["valid_recon_mse"])
+    last: dict[str, Any] = {}
+
+    def train_epoch(epoch: int) -> dict[str, float]:
         model.train()
         step_losses: list[Tensor] = []  # (4,) per step, batch-size weighted; read once per epoch (no sync per step)
         perm = torch.randperm(n, device=x_train.device)
@@ -329,29 +332,28 @@ def _train(
             terms = torch.stack([losses.total, losses.recon, losses.codebook, losses.commitment]).detach()
             step_losses.append(terms * (xb.shape[0] / n))
         epoch_terms = torch.stack(step_losses).double().sum(dim=0).tolist()
-        sums = dict(zip(("loss", "recon", "codebook", "commitment"), epoch_terms))
-
-        epoch_lr = optimizer.param_groups[0]["lr"]
+        record = dict(zip(("loss", "recon", "codebook", "commitment"), epoch_terms, strict=True))
+        record["lr"] = optimizer.param_groups[0]["lr"]
         if schedule is not None:
             schedule.step()
-        metrics, quantized = _evaluate(model, x_train, x_valid)
-        row: dict[str, float] = {"epoch": epoch, **sums, "lr": epoch_lr, **metrics}
-        if row["valid_recon_mse"] < best_mse:
-            best_mse, best_epoch, stale = row["valid_recon_mse"], epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
-        stop = stale >= config.patience
-        row["reseeded"] = 0.0
-        if config.reseed_dead_codes and not stop and epoch < config.epochs:
-            row["reseeded"] = float(reseed_dead_codewords(model, x_train, config.reseed_noise, quantized))
-        history.append(row)
-        bar.set_postfix(
-            recon=f"{sums['recon']:.3g}", valid_mse=f"{row['valid_recon_mse']:.3g}",
-            collisions=f"{row['train_collision_rate']:.3f}", util=f"{row['utilisation_min']:.2f}",
-        )  # fmt: skip
-        if stop:
-            break
-    bar.close()
+        return record
+
+    def validate(epoch: int) -> dict[str, float]:
+        metrics, last["quantized"] = _evaluate(model, x_train, x_valid)
+        return metrics
+
+    def keep_best(epoch: int) -> None:
+        best_state.update(copy.deepcopy(model.state_dict()))
+
+    def reseed(record: dict[str, float]) -> None:
+        # After the best-epoch snapshot, so the kept weights are exactly the ones that were evaluated.
+        record["reseeded"] = 0.0
+        if config.reseed_dead_codes and not stopping.should_stop and record["epoch"] < config.epochs:
+            record["reseeded"] = float(reseed_dead_codewords(model, x_train, config.reseed_noise, last["quantized"]))
+
+    result = fit_epochs(f"{config.quantizer} tokenizer", config.epochs, train_epoch, validate, stopping,
+                        keep_best=keep_best, on_epoch_end=reseed, log=logger)
+    history.extend(result.history)
+    best_epoch = result.best_epoch
     model.load_state_dict(best_state)
     return best_epoch
