@@ -66,7 +66,7 @@ def test_negatives_never_training_positives() -> None:
     items = np.concatenate([rng.choice(n_items, 8, replace=False) for _ in range(n_users)])
     keys = cf.positive_keys(users, items, n_items)
     draws_for = torch.tensor(np.repeat(np.arange(n_users), 400))
-    negatives = cf.sample_negatives(draws_for, keys, n_items, torch.Generator().manual_seed(1))
+    negatives = cf.sample_bpr_negatives(draws_for, keys, n_items, torch.Generator().manual_seed(1))
     positive = set(zip(users.tolist(), items.tolist()))
     pairs = set(zip(draws_for.tolist(), negatives.tolist()))
     assert not pairs & positive
@@ -80,7 +80,7 @@ def test_negatives_never_training_positives() -> None:
 def test_sample_negatives_raises_when_user_has_every_item() -> None:
     keys = cf.positive_keys(np.zeros(3, dtype=np.int64), np.arange(3), 3)
     with pytest.raises(RuntimeError, match="every item"):
-        cf.sample_negatives(torch.zeros(2, dtype=torch.long), keys, 3, torch.Generator().manual_seed(0), max_rounds=5)
+        cf.sample_bpr_negatives(torch.zeros(2, dtype=torch.long), keys, 3, torch.Generator().manual_seed(0), max_rounds=5)
 
 
 def test_pop_counts_train_only_and_ranks_by_count() -> None:

@@ -8,10 +8,9 @@ downloaded and each build takes a fraction of a second.
 from __future__ import annotations
 
 import math
-
-import numpy as np
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -32,9 +31,9 @@ from tokenrec_pipeline.models.llm4rec import (  # noqa: E402
     detect_backbone_kind,
     load_llm4rec,
     minilm_model_dir,
-    pad_histories,
+    padded_history_table,
     resolve_backbone_path,
-    sample_negatives,
+    sample_prompt_negatives,
     tokenrec_loss,
     train_llm4rec,
 )
@@ -382,15 +381,15 @@ def test_loss_matches_hand_computation() -> None:
 def test_negatives_avoid_target_and_history() -> None:
     generator = torch.Generator().manual_seed(0)
     targets = torch.tensor([0, 1, 2, 3])
-    histories = pad_histories([[4, 5], [], [0, 1, 3, 4, 5, 6], [2]])
-    negatives = sample_negatives(targets, 8, 50, generator, exclude=histories)
+    histories = padded_history_table([[4, 5], [], [0, 1, 3, 4, 5, 6], [2]])
+    negatives = sample_prompt_negatives(targets, 8, 50, generator, exclude=histories)
     assert negatives.shape == (4, 50)
     for row, target in enumerate(targets.tolist()):
         forbidden = {target, *[i for i in histories[row].tolist() if i >= 0]}
         assert not forbidden & set(negatives[row].tolist())
     assert set(negatives[2].tolist()) == {7}  # the only item left for row 2
     with pytest.raises(ValueError, match="No negative item left"):
-        sample_negatives(torch.tensor([0]), 3, 1, generator, exclude=pad_histories([[1, 2]]))
+        sample_prompt_negatives(torch.tensor([0]), 3, 1, generator, exclude=padded_history_table([[1, 2]]))
 
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])

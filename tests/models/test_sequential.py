@@ -58,7 +58,7 @@ def planted_sequences(seed: int = 0, n_seen: int = 130, n_unseen: int = 20) -> p
 
 
 def test_pad_histories_keeps_the_most_recent_items_left_padded():
-    tokens = sq.pad_histories([np.array([5, 6, 7]), np.array([], dtype=np.int64), np.arange(10)], 3, 4)
+    tokens = sq.left_padded_item_tokens([np.array([5, 6, 7]), np.array([], dtype=np.int64), np.arange(10)], 3, 4)
     assert tokens.tolist() == [[0, 6, 7, 8], [0, 0, 0, 0], [7, 8, 9, 10]]
 
 

@@ -135,7 +135,7 @@ class SequentialConfig:
 # ----------------------------------------------------------------------------------------------
 
 
-def pad_histories(histories: Histories, n_rows: int, length: int) -> Tensor:
+def left_padded_item_tokens(histories: Histories, n_rows: int, length: int) -> Tensor:
     """``(n_rows, length)`` tokens: each history's last ``length`` items as tokens (item + 1), left-padded with 0."""
     indptr, indices = histories_to_csr(histories, n_rows)
     lengths = np.minimum(np.diff(indptr), length)
@@ -277,7 +277,7 @@ class SASRec(_TransformerRecommender):
         return self.loss(hidden[keep], targets[keep] - 1, loss, negatives)
 
     def prediction_tokens(self, histories: Histories, n_rows: int) -> Tensor:
-        return pad_histories(histories, n_rows, self.max_length)
+        return left_padded_item_tokens(histories, n_rows, self.max_length)
 
 
 class BERT4Rec(_TransformerRecommender):
@@ -313,7 +313,7 @@ class BERT4Rec(_TransformerRecommender):
         return self.loss(hidden[keep], labels[keep] - 1, loss, negatives)
 
     def prediction_tokens(self, histories: Histories, n_rows: int) -> Tensor:
-        tokens = pad_histories(histories, n_rows, self.max_length - 1)
+        tokens = left_padded_item_tokens(histories, n_rows, self.max_length - 1)
         mask = torch.full((n_rows, 1), self.mask_token, dtype=torch.long)
         return torch.cat([tokens, mask], dim=1)
 

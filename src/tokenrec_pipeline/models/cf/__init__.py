@@ -24,7 +24,7 @@ from tokenrec_pipeline.models.cf.data import (
     TrainInteractions,
     item_popularity,
     positive_keys,
-    sample_negatives,
+    sample_bpr_negatives,
     train_interactions_from_splits,
 )
 from tokenrec_pipeline.models.cf.fold_in import (
@@ -81,7 +81,7 @@ __all__ = [
     "positive_keys",
     "propagate_layer_sum",
     "resolve_device",
-    "sample_negatives",
+    "sample_bpr_negatives",
     "train_cf",
     "train_cf_from_splits",
     "train_interactions_from_splits",

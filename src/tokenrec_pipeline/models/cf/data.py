@@ -65,7 +65,7 @@ def positive_keys(train_users: np.ndarray | Tensor, train_items: np.ndarray | Te
     return torch.unique(u * n_items + i)  # unique() returns sorted values
 
 
-def sample_negatives(
+def sample_bpr_negatives(
     users: Tensor,
     pos_keys: Tensor,
     n_items: int,

@@ -24,7 +24,7 @@ from tokenrec_pipeline.models.cf.config import SELECTION_METRIC, CFConfig, CFRes
 from tokenrec_pipeline.models.cf.data import (
     TrainInteractions,
     positive_keys,
-    sample_negatives,
+    sample_bpr_negatives,
     train_interactions_from_splits,
 )
 from tokenrec_pipeline.models.cf.fold_in import fold_in_scales
@@ -156,7 +156,7 @@ def train_cf(train: TrainInteractions, config: CFConfig, valid: EvalInputs | Non
         # Shuffle and sample on the host (seeded CPU generator: same draws on every device), then
         # move the epoch's node ids to the device once; batches are slices, no per-batch copies.
         perm = torch.randperm(n_pairs, generator=generator)
-        negatives = sample_negatives(users_t[perm], pos_keys, n_items, generator)
+        negatives = sample_bpr_negatives(users_t[perm], pos_keys, n_items, generator)
         batch_users = users_t[perm].to(device)
         batch_pos = (items_t[perm] + n_seen).to(device)
         batch_neg = (negatives + n_seen).to(device)

@@ -19,7 +19,7 @@ Modules, all usable without Kedro (every public name is re-exported here):
 * :mod:`~tokenrec_pipeline.models.llm4rec.persistence` -- :func:`build_llm4rec` assembles the model from a
   :class:`LLM4RecConfig`, optionally with LoRA (peft); :func:`load_llm4rec` reads a saved folder.
 * :mod:`~tokenrec_pipeline.models.llm4rec.loss` -- :func:`tokenrec_loss`, :func:`softmax_loss`,
-  :func:`sample_negatives`, :func:`pad_histories`.
+  :func:`sample_prompt_negatives`, :func:`padded_history_table`.
 * :mod:`~tokenrec_pipeline.models.llm4rec.training` -- :class:`TrainConfig`, :func:`train_llm4rec`.
 
 Shared pieces it builds on, re-exported for existing callers: the backbone
@@ -58,7 +58,12 @@ from tokenrec_pipeline.models.llm4rec.config import (
     USER_DECODER_DIR,
     LLM4RecConfig,
 )
-from tokenrec_pipeline.models.llm4rec.loss import pad_histories, sample_negatives, softmax_loss, tokenrec_loss
+from tokenrec_pipeline.models.llm4rec.loss import (
+    padded_history_table,
+    sample_prompt_negatives,
+    softmax_loss,
+    tokenrec_loss,
+)
 from tokenrec_pipeline.models.llm4rec.model import LLM4Rec, ProjectionHead
 from tokenrec_pipeline.models.llm4rec.persistence import build_llm4rec, load_llm4rec
 from tokenrec_pipeline.models.llm4rec.training import TrainConfig, train_llm4rec
@@ -106,13 +111,13 @@ __all__ = [
     "limit_torch_threads",
     "load_llm4rec",
     "minilm_model_dir",
-    "pad_histories",
+    "padded_history_table",
     "prepare_training",
     "read_saved_config",
     "resolve_backbone_path",
     "resolve_device",
     "run_training_loop",
-    "sample_negatives",
+    "sample_prompt_negatives",
     "softmax_loss",
     "staged_folder",
     "tokenrec_loss",

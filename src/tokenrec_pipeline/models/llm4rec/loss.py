@@ -7,8 +7,8 @@
 
 averaged over all (prompt, item) pairs, which is exactly ``torch.nn.CosineEmbeddingLoss(margin=gamma)``
 on the stacked pairs -- what the authors' code calls (with gamma = 0 and one negative per prompt).
-:func:`softmax_loss` is the full-catalogue alternative; :func:`sample_negatives` draws the negatives, never
-the target nor (optionally) a history item, whose padded table :func:`pad_histories` builds.
+:func:`softmax_loss` is the full-catalogue alternative; :func:`sample_prompt_negatives` draws the negatives, never
+the target nor (optionally) a history item, whose padded table :func:`padded_history_table` builds.
 
 Shapes: ``B`` batch, ``d`` CF dimension, ``n`` negatives per prompt, ``I`` items.
 """
@@ -68,7 +68,7 @@ def softmax_loss(
     return F.cross_entropy(logits, targets)
 
 
-def pad_histories(histories: Sequence[Sequence[int]], fill: int = -1) -> torch.Tensor:
+def padded_history_table(histories: Sequence[Sequence[int]], fill: int = -1) -> torch.Tensor:
     """List of variable-length item-id lists -> (N, max_len) long tensor padded with ``fill``."""
     width = max((len(h) for h in histories), default=0)
     padded = torch.full((len(histories), max(width, 1)), fill, dtype=torch.long)
@@ -78,7 +78,7 @@ def pad_histories(histories: Sequence[Sequence[int]], fill: int = -1) -> torch.T
     return padded
 
 
-def sample_negatives(
+def sample_prompt_negatives(
     targets: torch.Tensor,
     n_items: int,
     num_negatives: int,

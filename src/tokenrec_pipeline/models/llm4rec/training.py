@@ -13,7 +13,12 @@ import torch
 
 from tokenrec_pipeline.core.params import limit_torch_threads
 from tokenrec_pipeline.models.item_space import queries_to_space
-from tokenrec_pipeline.models.llm4rec.loss import pad_histories, sample_negatives, softmax_loss, tokenrec_loss
+from tokenrec_pipeline.models.llm4rec.loss import (
+    padded_history_table,
+    sample_prompt_negatives,
+    softmax_loss,
+    tokenrec_loss,
+)
 from tokenrec_pipeline.models.llm4rec.model import LLM4Rec
 from tokenrec_pipeline.models.precision import autocast
 from tokenrec_pipeline.training.engine import (
@@ -121,7 +126,7 @@ def _train(
     if config.loss == "softmax" and not config.temperature > 0:
         raise ValueError(f"llm4rec.training.temperature must be > 0, got {config.temperature!r}.")
     use_history = histories is not None and config.exclude_history_from_negatives
-    history_table = pad_histories(histories) if use_history else None  # type: ignore[arg-type]
+    history_table = padded_history_table(histories) if use_history else None  # type: ignore[arg-type]
     setup = prepare_training(model, config, n_samples, validate_fn, distributed)
     device, generator, precision = setup.device, setup.generator, setup.precision
     space = model.config.item_space
@@ -131,7 +136,7 @@ def _train(
     def draw_negatives(order: torch.Tensor) -> None:
         # The whole epoch's negatives in one draw from the shared generator: every rank draws the same, so
         # the generator stays in step across ranks and a prompt's negatives do not depend on the batching.
-        negatives[order] = sample_negatives(
+        negatives[order] = sample_prompt_negatives(
             targets[order],
             n_items,
             config.num_negatives,
