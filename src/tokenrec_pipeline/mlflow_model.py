@@ -28,7 +28,11 @@ logger = logging.getLogger(__name__)
 
 
 class TrainingPipelineML(PipelineML):
-    """``PipelineML`` whose partial slices fall back to plain pipelines instead of raising."""
+    """``PipelineML`` whose partial slices fall back to plain pipelines instead of raising.
+
+    Overrides kedro-mlflow's private ``PipelineML._turn_pipeline_to_ml`` (every slicing method ends in it);
+    tests/pipelines/test_served_model.py fails if a kedro-mlflow release stops calling it.
+    """
 
     def _turn_pipeline_to_ml(self, pipeline: Pipeline) -> Pipeline:
         try:
@@ -148,7 +152,8 @@ class TokenRecPipelineModel(KedroPipelineModel):
 
 
 # kedro-mlflow's hook builds the logged model from its own KedroPipelineModel; it must build ours. Tested in
-# tests/test_serving.py (the logged model's class): the test fails if a kedro-mlflow release stops reading
-# the name from this module attribute (kedro-mlflow is pinned to the tested minor version in pyproject.toml).
+# tests/pipelines/test_served_model.py (the hook's name and the logged model's class): the tests fail if a
+# kedro-mlflow release stops reading the name from this module attribute (kedro-mlflow is pinned to the tested
+# minor version in pyproject.toml).
 # (importlib: the package attribute of that name is the hook instance, which shadows the module.)
 importlib.import_module("kedro_mlflow.framework.hooks.mlflow_hook").KedroPipelineModel = TokenRecPipelineModel

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import mlflow
 import pandas as pd
 import pytest
+from kedro.pipeline import Pipeline, node
+from kedro_mlflow.pipeline.pipeline_ml import KedroMlflowPipelineMLError, PipelineML
 from mlflow.exceptions import MlflowException
 
-from tokenrec_pipeline.mlflow_model import TokenRecPipelineModel, check_request_params
+from tokenrec_pipeline.mlflow_model import TokenRecPipelineModel, TrainingPipelineML, check_request_params
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +42,45 @@ def test_check_request_params_accepts_only_the_two_request_parameters() -> None:
         with pytest.raises(MlflowException, match=named) as raised:
             check_request_params(params, logged)
         assert raised.value.get_http_status_code() == 400
+
+
+def _identity(x):
+    return x
+
+
+def _predict(model, request):
+    return request
+
+
+def test_the_private_kedro_mlflow_method_it_overrides_is_still_the_one_slices_go_through() -> None:
+    """``TrainingPipelineML`` overrides kedro-mlflow's private ``PipelineML._turn_pipeline_to_ml`` (kedro-mlflow is
+    pinned to its minor version in pyproject.toml for this): fails when a release renames it, changes its
+    parameters or stops sending a slice (``filter``, ``from_nodes``, ``only_nodes_with_tags`` ...) through it."""
+    base = PipelineML.__dict__.get("_turn_pipeline_to_ml")
+    assert callable(base), "kedro-mlflow's PipelineML has no _turn_pipeline_to_ml any more: the override is dead"
+    assert "_turn_pipeline_to_ml" in TrainingPipelineML.__dict__  # ours, not inherited
+    assert list(inspect.signature(base).parameters) == ["self", "pipeline"]
+    assert list(inspect.signature(TrainingPipelineML._turn_pipeline_to_ml).parameters) == ["self", "pipeline"]
+
+    training = Pipeline([node(_identity, "raw", "model_artefact", name="fit", tags=["fit"]),
+                         node(_identity, "raw", "side_table", name="side", tags=["side"])])
+    inference = Pipeline([node(_predict, ["model_artefact", "request"], "answer", name="predict")])
+    kwargs = {"nodes": training.nodes, "inference": inference, "input_name": "request"}
+    ours, theirs = TrainingPipelineML(**kwargs), PipelineML(**kwargs)
+    with pytest.raises(KedroMlflowPipelineMLError):  # what the override exists for
+        theirs.filter(node_names=["side"])
+    for partial in (ours.filter(node_names=["side"]), ours.from_nodes("side"), ours.only_nodes_with_tags("side")):
+        assert type(partial) is Pipeline and {n.name for n in partial.nodes} == {"side"}
+    for whole in (ours.filter(node_names=["fit"]), ours.only_nodes_with_tags("fit", "side")):
+        assert isinstance(whole, TrainingPipelineML) and whole.inference is inference  # still logs the model
+
+
+def test_kedro_mlflow_hook_builds_the_projects_model_class() -> None:
+    """The hook module's ``KedroPipelineModel`` is swapped for ``TokenRecPipelineModel`` (mlflow_model.py): fails
+    when kedro-mlflow's hook stops building the logged model from that module-level name."""
+    hook_module = importlib.import_module("kedro_mlflow.framework.hooks.mlflow_hook")
+    assert hook_module.KedroPipelineModel is TokenRecPipelineModel
+    assert "KedroPipelineModel(" in inspect.getsource(hook_module.MlflowHook.after_pipeline_run)
 
 
 @pytest.mark.slow
