@@ -75,10 +75,14 @@ def main() -> None:
             user_tokens=user_tokens, item_tokens=item_tokens,
             user_token_vectors=torch.randn(len(user_tokens), 8, generator=torch.Generator().manual_seed(2)),
             item_token_vectors=torch.randn(len(item_tokens), 8, generator=torch.Generator().manual_seed(3)),
-            model_config=LLM4RecConfig(backbone=backbone, cf_dim=CF_DIM, proj_dropout=0.0, max_length=args.max_length),
+            # The paper's plain cosine head in fp32, random batches (the defaults this benchmark was written with)
+            model_config=LLM4RecConfig(backbone=backbone, cf_dim=CF_DIM, proj_dropout=0.0, max_length=args.max_length,
+                                       truncation_side="right", item_space="cosine", head="plain",
+                                       id_token_table=False, inference_precision="fp32"),
             train_config=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=1e-4,
-                                     head_learning_rate=1e-3, patience=None, restore_best=False, show_progress=False,
-                                     num_threads=1),
+                                     head_learning_rate=1e-3, token_learning_rate=None, patience=None,
+                                     validate_before_training=False, length_bucketing=False, restore_best=False,
+                                     show_progress=False, num_threads=1),
             device="cpu",
         )
         started = time.perf_counter()

@@ -277,14 +277,16 @@ def _run(args: argparse.Namespace, device: torch.device) -> None:
     print("building models ...", flush=True)
     started = time.perf_counter()
     llm4rec = build_llm4rec(
-        LLM4RecConfig(backbone=args.backbone, cf_dim=64, max_length=128), user_tokens, item_tokens, device=device
+        LLM4RecConfig(backbone=args.backbone, cf_dim=64, max_length=128, truncation_side="right", item_space="cosine",
+                      head="plain", id_token_table=False, inference_precision="fp32"),
+        user_tokens, item_tokens, device=device,
     ).eval()
     item_vectors = torch.randn(n_items, 64, generator=torch.Generator().manual_seed(args.seed))
     index = build_item_index(item_vectors, use_gpu="auto" if device.type == "cuda" else False)
     generator_model = build_autoregressive(
         AutoregressiveConfig(
             backbone=args.backbone, n_codebooks=k, codebook_size=codebook_size, max_length=128,
-            head_layers=args.head_layers,
+            truncation_side="right", head_layers=args.head_layers, inference_precision="fp32",
         ),
         user_tokens,
         device=device,

@@ -43,22 +43,23 @@ def template_fields(template: str) -> set[str]:
 
 @dataclass(frozen=True)
 class PromptConfig:
-    """Parameters of ``parameters_prompting.yml`` (see there for meanings)."""
+    """Parameters of ``parameters_prompting.yml`` (see there for meanings); the defaults are that file's, kept in
+    step by ``tests/test_parameter_defaults.py`` (the templates have none: they always come from the file)."""
 
     train_templates: tuple[str, ...]
     test_template_id: int
     unseen_template: str
     user_only_template: str
-    history_length: int = 20
+    history_length: int = 10
     history_order: str = "chronological"
     item_text: str = "item_{item}"
     history_separator: str = ", "
     min_prefix: int = 1
-    max_prefixes_per_user: int | None = None
+    max_prefixes_per_user: int | None = 5
     seed: int = 0
 
     @classmethod
-    def from_params(cls, params: dict, seed: int) -> "PromptConfig":
+    def from_params(cls, params: dict, seed: int) -> PromptConfig:
         known = {f for f in cls.__dataclass_fields__ if f != "seed"}
         unknown = sorted(set(params) - known)
         if unknown:
@@ -81,7 +82,8 @@ class PromptConfig:
         if self.unseen_template in self.train_templates:
             raise PromptConfigError("prompting.unseen_template must not be one of the training templates.")
         if not 0 <= self.test_template_id < len(self.train_templates):
-            raise PromptConfigError(f"prompting.test_template_id={self.test_template_id} is not a training template index.")
+            raise PromptConfigError(
+                f"prompting.test_template_id={self.test_template_id} is not a training template index.")
         if self.history_order not in ("chronological", "shuffled"):
             raise PromptConfigError(f"prompting.history_order={self.history_order!r}: use chronological or shuffled.")
         if self.history_length < 1 or self.min_prefix < 1:
@@ -177,7 +179,8 @@ def with_row_user_tokens(prompts: pd.DataFrame, user_tokens: pd.Series, row_toke
     old = user_tokens.loc[prompts["user_id"]].to_numpy()
     out = prompts.copy()
     # User and item tokens have distinct prefixes, so the user's token string occurs only where {user} was.
-    out["prompt"] = [prompt.replace(before, after) for prompt, before, after in zip(prompts["prompt"], old, row_tokens)]
+    rows = zip(prompts["prompt"], old, row_tokens, strict=True)
+    out["prompt"] = [prompt.replace(before, after) for prompt, before, after in rows]
     return out
 
 

@@ -78,9 +78,11 @@ def tiny_backbones(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def _build(folder: str, **overrides: object) -> AutoregressiveRecommender:
-    config = AutoregressiveConfig(
-        backbone=folder, n_codebooks=K, codebook_size=L, max_length=64, head_dropout=0.0, **overrides
-    )
+    # truncation / precision: the dataclass defaults these tests were written against (now the YAML's are)
+    config = AutoregressiveConfig(**{
+        "backbone": folder, "n_codebooks": K, "codebook_size": L, "max_length": 64, "head_dropout": 0.0,
+        "truncation_side": "right", "inference_precision": "fp32", **overrides,
+    })
     model = build_autoregressive(config, USER_TOKENS, device="cpu")
     model.eval()
     return model

@@ -68,10 +68,14 @@ def _job(folder: str, **training: object) -> LLM4RecJob:
         user_tokens=USER_TOKENS, item_tokens=ITEM_TOKENS,
         user_token_vectors=torch.randn(len(USER_TOKENS), 4, generator=torch.Generator().manual_seed(2)),
         item_token_vectors=torch.randn(len(ITEM_TOKENS), 4, generator=torch.Generator().manual_seed(3)),
+        # The paper's plain cosine head in fp32, random batches (the dataclass defaults before they became the YAML's)
         model_config=LLM4RecConfig(backbone=folder, cf_dim=CF_DIM, proj_hidden_dim=16, proj_dropout=0.0,
-                                   max_length=32),
+                                   max_length=32, truncation_side="right", item_space="cosine", head="plain",
+                                   id_token_table=False, inference_precision="fp32"),
         train_config=TrainConfig(**{"epochs": 2, "batch_size": 8, "samples_per_epoch": 17, "learning_rate": 1e-3,
-                                    "head_learning_rate": 1e-2, "num_negatives": 2, "patience": None,
+                                    "head_learning_rate": 1e-2, "token_learning_rate": None,
+                                    "validate_before_training": False, "length_bucketing": False,
+                                    "num_negatives": 2, "patience": None,
                                     "restore_best": False, "show_progress": False, "num_threads": 1,
                                     # fp32: the comparison is exact to 1e-5; bf16 rounding would hide a bug
                                     "precision": "fp32", **training}),

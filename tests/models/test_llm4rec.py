@@ -47,6 +47,17 @@ PROMPTS = [
     "short <i1-4>",
 ]
 CF_DIM = 8
+PAPER_MODEL = {"max_length": 128, "truncation_side": "right", "item_space": "cosine", "head": "plain",
+               "id_token_table": False, "inference_precision": "fp32"}
+"""The LLM4RecConfig defaults these tests were written against (the paper's recipe, fp32); the dataclass defaults
+are now parameters_llm4rec.yml's."""
+LOOP_TRAINING = {"head_learning_rate": None, "token_learning_rate": None, "validate_before_training": False,
+                 "length_bucketing": False}
+"""Likewise for TrainConfig: the shared loop's defaults, before they became llm4rec.training's."""
+
+
+def _train_config(**values: object) -> TrainConfig:
+    return TrainConfig(**{**LOOP_TRAINING, **values})
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -95,7 +106,8 @@ def tiny_backbones(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def _build(folder: str, **overrides: object) -> LLM4Rec:
-    config = LLM4RecConfig(backbone=folder, cf_dim=CF_DIM, proj_hidden_dim=16, max_length=64, **overrides)
+    config = LLM4RecConfig(**{**PAPER_MODEL, "backbone": folder, "cf_dim": CF_DIM, "proj_hidden_dim": 16,
+                              "max_length": 64, **overrides})
     return build_llm4rec(config, USER_TOKENS, ITEM_TOKENS, device="cpu")
 
 
@@ -267,8 +279,8 @@ def test_token_validation_errors(tiny_backbones: dict[str, str]) -> None:
 def _one_step(model: LLM4Rec) -> None:
     items = torch.randn(10, CF_DIM, generator=torch.Generator().manual_seed(1))
     train_llm4rec(
-        model, PROMPTS, [0, 1, 2], items, TrainConfig(epochs=1, batch_size=3, learning_rate=1e-2, warmup_ratio=0.0,
-                                                      show_progress=False),
+        model, PROMPTS, [0, 1, 2], items, _train_config(epochs=1, batch_size=3, learning_rate=1e-2, warmup_ratio=0.0,
+                                                        show_progress=False),
     )
 
 
@@ -460,8 +472,8 @@ def test_training_learns_a_toy_task(tiny_backbones: dict[str, str], precision: s
     records: list[dict[str, float]] = []
     result = train_llm4rec(
         model, prompts, targets, items,
-        TrainConfig(epochs=30, batch_size=8, learning_rate=3e-3, num_negatives=4, monitor="hr@1", patience=4,
-                    show_progress=False, seed=0, precision=precision),
+        _train_config(epochs=30, batch_size=8, learning_rate=3e-3, num_negatives=4, monitor="hr@1", patience=4,
+                      show_progress=False, seed=0, precision=precision),
         validate_fn=hit_rate, on_epoch_end=records.append,
     )
     assert records == result.history and len(records) >= 2
@@ -483,8 +495,8 @@ def test_early_stopping_keeps_the_best_epoch(tiny_backbones: dict[str, str]) -> 
 
     result = train_llm4rec(
         model, PROMPTS * 4, [0, 1, 2] * 4, items,
-        TrainConfig(epochs=5, batch_size=4, samples_per_epoch=4, learning_rate=1e-2, patience=2, show_progress=False,
-                    num_threads=2),
+        _train_config(epochs=5, batch_size=4, samples_per_epoch=4, learning_rate=1e-2, patience=2,
+                      show_progress=False, num_threads=2),
         histories=[[3, 4]] * 12, validate_fn=validate,
     )
     assert torch.get_num_threads() == 1  # num_threads applies during training only
@@ -493,7 +505,7 @@ def test_early_stopping_keeps_the_best_epoch(tiny_backbones: dict[str, str]) -> 
     assert all(r["samples"] == 4 for r in result.history)  # subset per epoch
     torch.testing.assert_close(model.head[0].weight, head_after_epoch[1], atol=0, rtol=0)
     with pytest.raises(KeyError, match="valid_NDCG@20"):
-        train_llm4rec(model, PROMPTS, [0, 1, 2], items, TrainConfig(epochs=1, show_progress=False),
+        train_llm4rec(model, PROMPTS, [0, 1, 2], items, _train_config(epochs=1, show_progress=False),
                       validate_fn=lambda m: {"hr@20": 0.0})
 
 
@@ -506,7 +518,7 @@ def test_packaged_minilm_loads_offline_and_encodes(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     path, local_only = resolve_backbone_path("sentence-transformers/all-MiniLM-L6-v2")
     assert local_only and Path(path) == Path(gt_minilm.get_model_path())
-    model = build_llm4rec(LLM4RecConfig(cf_dim=16), USER_TOKENS, ITEM_TOKENS, device="cpu")
+    model = build_llm4rec(LLM4RecConfig(**{**PAPER_MODEL, "cf_dim": 16}), USER_TOKENS, ITEM_TOKENS, device="cpu")
     assert model.backbone.kind == "encoder" and model.backbone.hidden_size == 384
     z = model.encode_prompts(PROMPTS)
     assert z.shape == (len(PROMPTS), 16) and torch.isfinite(z).all()
@@ -593,8 +605,9 @@ def user_tokenizer():
 
 
 def _build_residual(folder: str, user_tokenizer, items: torch.Tensor, **overrides: object) -> LLM4Rec:
-    config = LLM4RecConfig(backbone=folder, cf_dim=CF_DIM, proj_hidden_dim=16, max_length=64, head="residual_user",
-                           item_space="mips", id_token_table=True, **overrides)
+    config = LLM4RecConfig(**{**PAPER_MODEL, "backbone": folder, "cf_dim": CF_DIM, "proj_hidden_dim": 16,
+                              "max_length": 64, "head": "residual_user", "item_space": "mips", "id_token_table": True,
+                              **overrides})
     return build_llm4rec(config, USER_TOKENS, ITEM_TOKENS, device="cpu", user_tokenizer=user_tokenizer,
                          item_vectors=items)
 
@@ -625,12 +638,13 @@ def test_residual_mips_model_trains_its_token_table_and_round_trips(tiny_backbon
     decoder_before = [p.detach().clone() for p in model.user_decoder.parameters()]
     backbone_rows = _input_embedding_weight(model)[model.new_token_ids].detach().clone()
     train_llm4rec(model, PROMPTS * 4, [0, 1, 2] * 4, items,
-                  TrainConfig(epochs=2, batch_size=4, learning_rate=1e-3, token_learning_rate=5e-2,
-                              show_progress=False, patience=None))
+                  _train_config(epochs=2, batch_size=4, learning_rate=1e-3, token_learning_rate=5e-2,
+                                show_progress=False, patience=None))
     moved = (model.id_embeddings.weight - table_before).abs().amax(dim=1)
     used = [model.new_token_ids.index(i) for i in model.tokenizer.convert_tokens_to_ids(["<u1-3>", "<i1-2>"])]
     assert torch.all(moved[used] > 1e-2)  # the ID tokens in the prompts moved at the token learning rate
-    assert all(torch.equal(a, b) for a, b in zip(decoder_before, model.user_decoder.parameters()))  # frozen
+    frozen = zip(decoder_before, model.user_decoder.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in frozen)  # the user decoder is frozen
     torch.testing.assert_close(_input_embedding_weight(model)[model.new_token_ids], backbone_rows)  # unused rows
     before = model.encode_prompts(PROMPTS, batch_size=2)
     model.save_pretrained(tmp_path / "m")
@@ -651,8 +665,8 @@ def test_validation_before_training_keeps_the_untrained_model_when_training_hurt
 
     result = train_llm4rec(
         model, PROMPTS * 4, [0, 1, 2] * 4, items,
-        TrainConfig(epochs=4, batch_size=4, samples_per_epoch=4, learning_rate=1e-2, patience=2, show_progress=False,
-                    validate_before_training=True),
+        _train_config(epochs=4, batch_size=4, samples_per_epoch=4, learning_rate=1e-2, patience=2,
+                      show_progress=False, validate_before_training=True),
         validate_fn=validate,
     )
     assert [r["epoch"] for r in result.history] == [0.0, 1.0, 2.0]

@@ -5,12 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
+from tests.conftest import PROJECT_ROOT
 from tokenrec_pipeline.models.evaluation import DEFAULT_KS, expected_hit_rate, expected_ndcg
 from tokenrec_pipeline.paper_reference import load_paper_reference
 from tokenrec_pipeline.pipelines.evaluation.nodes import compare_with_reference, report_evaluation
 
-SETTINGS = {"significance": {"n_resamples": 200, "reference_model": "tokenrec"}}
+EVALUATION = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_evaluation.yml").read_text())["evaluation"]
+SETTINGS = {**EVALUATION, "significance": {**EVALUATION["significance"], "n_resamples": 200}}
 ALL_BASELINES = ["pop", "mf", "lightgcn", "sasrec", "bert4rec", "autoregressive"]
 
 
@@ -29,7 +32,8 @@ def _model(name: str, n_greater: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame
 @pytest.fixture(scope="module")
 def models():
     rng = np.random.default_rng(0)
-    return {"tokenrec": _model("tokenrec", rng.integers(0, 25, 60)), "lightgcn": _model("lightgcn", rng.integers(0, 60, 60)),
+    return {"tokenrec": _model("tokenrec", rng.integers(0, 25, 60)),
+            "lightgcn": _model("lightgcn", rng.integers(0, 60, 60)),
             "autoregressive": _model("autoregressive", rng.integers(0, 40, 60))}
 
 

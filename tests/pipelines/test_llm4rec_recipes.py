@@ -38,12 +38,14 @@ def test_shipped_recipes_are_valid_and_differ_only_where_the_paper_block_says() 
 def test_training_prompts_follow_train_user_tokens_and_scale_with_users() -> None:
     own = pd.DataFrame({"user_id": [0, 0, 1, 2], "prompt": ["a", "b", "c", "d"]})
     folded = own.assign(prompt=["A", "B", "C", "D"])
-    prompts, training = select_training_prompts(own, folded, {"train_user_tokens": "prefix_fold_in", "samples_per_user": 2,
-                                                        "samples_per_epoch": 10, "epochs": 1})
+    prompts, training = select_training_prompts(own, folded, {"train_user_tokens": "prefix_fold_in",
+                                                              "samples_per_user": 2, "samples_per_epoch": 10,
+                                                              "epochs": 1})
     assert prompts is folded and training == {"samples_per_epoch": 6, "epochs": 1}  # 2 x 3 users
-    prompts, training = select_training_prompts(own, folded, {"train_user_tokens": "full_graph", "samples_per_epoch": 10})
+    prompts, training = select_training_prompts(own, folded, {"train_user_tokens": "full_graph",
+                                                              "samples_per_user": None, "samples_per_epoch": 10})
     assert prompts is own and training == {"samples_per_epoch": 10}
     with pytest.raises(ValueError, match="train_user_tokens"):
         select_training_prompts(own, folded, {"train_user_tokens": "graph"})
     with pytest.raises(ValueError, match="samples_per_user"):
-        select_training_prompts(own, folded, {"samples_per_user": 0})
+        select_training_prompts(own, folded, {"train_user_tokens": "full_graph", "samples_per_user": 0})

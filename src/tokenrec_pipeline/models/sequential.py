@@ -41,7 +41,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tokenrec_pipeline.core.params import resolve_device
+from tokenrec_pipeline.core.params import dataclass_from_dict, resolve_device
 from tokenrec_pipeline.models.evaluation import (
     DEFAULT_KS,
     EvalInputs,
@@ -78,7 +78,8 @@ SequentialModelName = Literal["sasrec", "bert4rec"]
 
 @dataclass
 class SequentialConfig:
-    """Hyper-parameters of SASRec / BERT4Rec (defaults = ``conf/base/parameters_baselines.yml``: hidden 64,
+    """Hyper-parameters of SASRec / BERT4Rec (defaults = ``baselines.sasrec`` / ``baselines.bert4rec`` of
+    ``conf/base/parameters_baselines.yml``, kept in step by ``tests/test_parameter_defaults.py``: hidden 64,
     2 layers, 2 heads, max length 50; RecBole's dropout 0.5 / lr 0.001 / batch 256 trained slower here)."""
 
     model: SequentialModelName = "sasrec"
@@ -108,8 +109,8 @@ class SequentialConfig:
     eval_ks: tuple[int, ...] = DEFAULT_KS
     eval_batch_size: int = 512
     seed: int = 0
-    device: str | None = None
-    """``None``/``"auto"``: CUDA when available."""
+    device: str | None = "auto"
+    """``"auto"`` (or ``None``): CUDA when available."""
     show_progress: bool = True
 
     def __post_init__(self) -> None:
@@ -118,7 +119,8 @@ class SequentialConfig:
         if self.loss not in ("ce", "sampled_softmax"):
             raise ValueError(f"{self.model}.loss must be 'ce' or 'sampled_softmax', got {self.loss!r}.")
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"{self.model}.hidden_size={self.hidden_size} must be divisible by num_heads={self.num_heads}.")
+            raise ValueError(
+                f"{self.model}.hidden_size={self.hidden_size} must be divisible by num_heads={self.num_heads}.")
         if min(self.epochs, self.batch_size, self.eval_every, self.patience, self.num_negatives) < 1:
             raise ValueError(f"{self.model}: epochs, batch_size, eval_every, patience and num_negatives must be >= 1.")
         if self.max_length < 2:
@@ -128,6 +130,11 @@ class SequentialConfig:
         self.eval_ks = tuple(int(k) for k in self.eval_ks)
         if 20 not in self.eval_ks:
             raise ValueError(f"eval_ks must contain 20 (early stopping uses {SELECTION_METRIC}), got {self.eval_ks}.")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> SequentialConfig:
+        """Build from a parameters mapping (``baselines.sasrec``, ``baselines.bert4rec``), rejecting unknown keys."""
+        return dataclass_from_dict(cls, values, "sequential model")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,7 +313,8 @@ class BERT4Rec(_TransformerRecommender):
         labels = window.masked_fill(~masked, PAD)
         return inputs, labels
 
-    def training_loss(self, inputs: Tensor, labels: Tensor, loss: str = "ce", negatives: Tensor | None = None) -> Tensor:
+    def training_loss(self, inputs: Tensor, labels: Tensor, loss: str = "ce",
+                      negatives: Tensor | None = None) -> Tensor:
         """Loss on the masked positions only (``labels != PAD``); the other positions are never scored."""
         hidden = self(inputs)
         keep = labels != PAD
@@ -329,7 +337,8 @@ def build_sequential_model(config: SequentialConfig, n_items: int) -> SASRec | B
 # ----------------------------------------------------------------------------------------------
 
 
-def sequential_score_fn(model: _TransformerRecommender, inputs: EvalInputs, device: torch.device | None = None) -> ScoreFn:
+def sequential_score_fn(model: _TransformerRecommender, inputs: EvalInputs,
+                        device: torch.device | None = None) -> ScoreFn:
     """Evaluator score function: scores each user in ``inputs`` from its history (the same CSR the
     evaluator excludes), so seen and unseen users alike are scored without retraining."""
     users = np.asarray(inputs.users)

@@ -23,6 +23,10 @@ TOKENIZER_DIR = "tokenizer"
 BACKBONE_DIR = "backbone"
 FORMAT_VERSION = 1
 
+SAVED_CONFIG_DEFAULTS: dict[str, Any] = {"max_length": 128, "truncation_side": "right", "inference_precision": "fp32"}
+"""What a key missing from a saved ``autoregressive_config.json`` means (:meth:`AutoregressiveConfig.from_saved`): the
+dataclass defaults of the code that wrote it, from before the defaults became the parameter files'."""
+
 
 @dataclass
 class AutoregressiveConfig:
@@ -49,6 +53,10 @@ class AutoregressiveConfig:
         seed: Seeds token initialisation and the head.
         inference_precision: "auto" | "fp32" | "bf16" | "fp16" | "int8" of :meth:`AutoregressiveRecommender.generate`
             (resolved where the model runs; see :mod:`tokenrec_pipeline.models.precision`).
+
+    The defaults are the parameter files' (``tests/test_parameter_defaults.py`` keeps them in step):
+    ``autoregressive.model`` of ``conf/base/parameters_autoregressive.yml``, and for ``backbone``, ``max_length``,
+    ``truncation_side`` and ``token_init_scale`` ``llm4rec.model`` (the stage shares the language model's).
     """
 
     backbone: str = DEFAULT_BACKBONE
@@ -58,8 +66,8 @@ class AutoregressiveConfig:
     n_codebooks: int = 3
     codebook_size: int = 256
     item_token_prefix: str = ITEM_TOKEN_PREFIX
-    max_length: int = 128
-    truncation_side: str = "right"
+    max_length: int = 96
+    truncation_side: str = "left"
     head_layers: int = 2
     head_dim: int = 0
     head_heads: int = 0
@@ -68,7 +76,7 @@ class AutoregressiveConfig:
     token_init_scale: float = 0.5
     dtype: str = "float32"
     seed: int = 0
-    inference_precision: str = "fp32"
+    inference_precision: str = "auto"
 
     def __post_init__(self) -> None:
         self.inference_precision = check_precision(
@@ -79,6 +87,12 @@ class AutoregressiveConfig:
     def from_dict(cls, values: Mapping[str, Any]) -> AutoregressiveConfig:
         """Build from a parameters mapping, rejecting unknown keys."""
         return dataclass_from_dict(cls, values, "autoregressive model")
+
+    @classmethod
+    def from_saved(cls, values: Mapping[str, Any]) -> AutoregressiveConfig:
+        """Build from a saved folder's ``config``: :meth:`from_dict` with :data:`SAVED_CONFIG_DEFAULTS` for the keys
+        that folders written before those options existed lack."""
+        return cls.from_dict({**SAVED_CONFIG_DEFAULTS, **values})
 
     def item_tokens(self) -> list[str]:
         """The K*L item tokens, codebook-major (``<i1-0> ... <i1-{L-1}> <i2-0> ...``)."""

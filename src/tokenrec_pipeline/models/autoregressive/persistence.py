@@ -128,7 +128,7 @@ def load_autoregressive(
     """
     source = Path(folder)
     saved = read_saved_config(source, CONFIG_FILE, FORMAT_VERSION, "train and save the autoregressive baseline first")
-    config = AutoregressiveConfig.from_dict(saved["config"])
+    config = AutoregressiveConfig.from_saved(saved["config"])
     meta = saved["state"]
     decoder: DecoderKind = meta["decoder"]
     model, tokenizer = _load_transformer(

@@ -36,11 +36,16 @@ class AutoregressiveTrainConfig(LoopConfig):
 
     Attributes:
         label_smoothing: Cross-entropy label smoothing.
+
+    The defaults are ``autoregressive.training`` of ``conf/base/parameters_autoregressive.yml``, kept in step by
+    ``tests/test_parameter_defaults.py``; the ones below replace :class:`LoopConfig`'s where they differ.
     """
 
     PARAMETERS: ClassVar[str] = "autoregressive training"
 
+    epochs: int = 4
     head_learning_rate: float | None = 1e-3
+    samples_per_epoch: int | None = 1000
     label_smoothing: float = 0.0
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from torch import Tensor
 
+from tokenrec_pipeline.core.params import dataclass_from_dict
 from tokenrec_pipeline.models.cf.fold_in import FoldInMethod, fold_in_item_embeddings, fold_in_user_embeddings
 from tokenrec_pipeline.models.evaluation import DEFAULT_KS, Histories
 
@@ -20,14 +22,19 @@ ModelName = Literal["lightgcn", "mf"]
 
 @dataclass
 class CFConfig:
-    """Hyper-parameters of CF training (defaults: d = 64, 3 layers, Adam 1e-3, as in the paper)."""
+    """Hyper-parameters of CF training.
+
+    The defaults are ``cf_pretraining.lightgcn`` of ``conf/base/parameters_cf_pretraining.yml`` (d = 64, 3 layers,
+    Adam 0.005, 200 epochs), so ``CFConfig()`` is the model ``kedro run`` trains; the MF baseline's values are
+    ``baselines.mf`` (``tests/test_parameter_defaults.py`` keeps the two in step).
+    """
 
     model: ModelName = "lightgcn"
     embedding_dim: int = 64
     num_layers: int = 3
-    epochs: int = 300
+    epochs: int = 200
     batch_size: int = 2048
-    lr: float = 1e-3
+    lr: float = 5e-3
     optimizer: Literal["adam", "adamw"] = "adam"
     weight_decay: float = 0.0
     """Optimiser weight decay (decoupled for AdamW); the BPR L2 term is ``lambda_reg``."""
@@ -39,8 +46,8 @@ class CFConfig:
     eval_ks: tuple[int, ...] = DEFAULT_KS
     eval_batch_size: int = 1024
     seed: int = 0
-    device: str | None = None
-    """``None``/``"auto"``: CUDA when available."""
+    device: str | None = "auto"
+    """``"auto"`` (or ``None``): CUDA when available."""
     show_progress: bool = True
 
     def __post_init__(self) -> None:
@@ -53,6 +60,11 @@ class CFConfig:
         if 20 not in self.eval_ks:
             raise ValueError(f"eval_ks must contain 20 (early stopping uses {SELECTION_METRIC}), got {self.eval_ks}.")
         self.eval_ks = tuple(int(k) for k in self.eval_ks)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> CFConfig:
+        """Build from a parameters mapping (``cf_pretraining.lightgcn``, ``baselines.mf``), rejecting unknown keys."""
+        return dataclass_from_dict(cls, values, "cf model")
 
 
 @dataclass

@@ -22,6 +22,18 @@ HEADS: tuple[str, ...] = ("plain", "residual_user")
 ID_TOKENS_FILE = "id_token_embeddings.safetensors"
 USER_DECODER_DIR = "user_decoder"
 
+SAVED_CONFIG_DEFAULTS: dict[str, Any] = {
+    "max_length": 128,
+    "truncation_side": "right",
+    "item_space": "cosine",
+    "head": "plain",
+    "id_token_table": False,
+    "inference_precision": "fp32",
+}
+"""What a key missing from a saved ``llm4rec_config.json`` means (:meth:`LLM4RecConfig.from_saved`): the dataclass
+defaults of the code that wrote it (the paper's recipe), from before the defaults became those of
+``parameters_llm4rec.yml``."""
+
 
 @dataclass
 class LLM4RecConfig:
@@ -55,16 +67,17 @@ class LLM4RecConfig:
             (validation, evaluation, the index, ``recommend`` and the MLflow model); resolved where the model
             runs (:func:`~tokenrec_pipeline.models.precision.resolve_precision`).
 
-    The dataclass defaults are the paper's recipe (and what models saved before these options meant); the
-    project's defaults live in ``conf/base/parameters_llm4rec.yml``.
+    The defaults are ``llm4rec.model`` of ``conf/base/parameters_llm4rec.yml`` (the default recipe; the paper's is
+    that block with ``llm4rec_paper.model`` over it), kept in step by ``tests/test_parameter_defaults.py``. A saved
+    model's missing keys keep their old meaning (:data:`SAVED_CONFIG_DEFAULTS`).
     """
 
     backbone: str = DEFAULT_BACKBONE
     tokenizer: str | None = None
     kind: str = "auto"
     t5_pooling: str = "decoder"
-    max_length: int = 128
-    truncation_side: str = "right"
+    max_length: int = 96
+    truncation_side: str = "left"
     cf_dim: int = 64
     proj_hidden_dim: int = 256
     proj_dropout: float = 0.2
@@ -77,11 +90,11 @@ class LLM4RecConfig:
     lora_embeddings: str = "full"
     gradient_checkpointing: bool = False
     dtype: str = "float32"
-    item_space: str = "cosine"
-    head: str = "plain"
-    id_token_table: bool = False
+    item_space: str = "mips"
+    head: str = "residual_user"
+    id_token_table: bool = True
     seed: int = 0
-    inference_precision: str = "fp32"
+    inference_precision: str = "auto"
 
     def __post_init__(self) -> None:
         check_item_space(self.item_space)
@@ -95,3 +108,9 @@ class LLM4RecConfig:
     def from_dict(cls, values: Mapping[str, Any]) -> LLM4RecConfig:
         """Build from a parameters mapping, rejecting unknown keys (a typo would otherwise be ignored)."""
         return dataclass_from_dict(cls, values, "llm4rec model")
+
+    @classmethod
+    def from_saved(cls, values: Mapping[str, Any]) -> LLM4RecConfig:
+        """Build from a saved folder's ``config``: :meth:`from_dict` with :data:`SAVED_CONFIG_DEFAULTS` for the keys
+        that folders written before those options existed lack."""
+        return cls.from_dict({**SAVED_CONFIG_DEFAULTS, **values})

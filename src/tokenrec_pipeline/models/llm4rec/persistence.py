@@ -127,7 +127,7 @@ def load_llm4rec(
     """
     source = Path(folder)
     saved = read_saved_config(source, CONFIG_FILE, FORMAT_VERSION, "run the llm4rec pipeline first")
-    config = LLM4RecConfig.from_dict(saved["config"])
+    config = LLM4RecConfig.from_saved(saved["config"])
     state = saved["state"]
     tokenizer = AutoTokenizer.from_pretrained(source / TOKENIZER_DIR, local_files_only=True)
     torch_dtype = from_pretrained_dtype(config.dtype)

@@ -45,16 +45,23 @@ class TrainConfig(LoopConfig):
             the softmax).
         token_learning_rate: Learning rate of the ID-token embedding table (``model.id_token_table``;
             ``None``: learning_rate). No weight decay applies to it.
+
+    The defaults are ``llm4rec.training`` of ``conf/base/parameters_llm4rec.yml`` (the default recipe), kept in step
+    by ``tests/test_parameter_defaults.py``; the ones below replace :class:`LoopConfig`'s where they differ.
     """
 
     PARAMETERS: ClassVar[str] = "llm4rec training"
 
+    epochs: int = 4
+    head_learning_rate: float | None = 1e-3
+    validate_before_training: bool = True
+    length_bucketing: bool = True
     loss: str = "cosine"
     temperature: float = 0.1
     num_negatives: int = 1
     gamma: float = 0.0
     exclude_history_from_negatives: bool = True
-    token_learning_rate: float | None = None
+    token_learning_rate: float | None = 1e-3
 
 
 def train_llm4rec(

@@ -35,6 +35,9 @@ from tokenrec_pipeline.training.loop import valid_metrics
 
 logger = logging.getLogger(__name__)
 
+SHARED_MODEL_KEYS = ("backbone", "max_length", "truncation_side", "token_init_scale")
+"""``llm4rec.model`` keys the autoregressive model takes from the language model's block (same backbone and
+prompts)."""
 
 
 def item_code_table(item_tokens: pd.DataFrame) -> np.ndarray:
@@ -89,19 +92,18 @@ def train_autoregressive_model(
     codes = item_code_table(item_tokens)
     vocab = id_token_vocabularies(user_tokenizer, item_tokenizer, tokenizer["user"]["token_prefix"],
                                   tokenizer["item"]["token_prefix"])
-    shared = {key: llm4rec["model"][key] for key in ("backbone", "max_length", "truncation_side", "token_init_scale")
-              if key in llm4rec["model"]}
+    shared = {key: llm4rec["model"][key] for key in SHARED_MODEL_KEYS}
     config = AutoregressiveConfig.from_dict({
-        **shared, **autoregressive.get("model", {}), "n_codebooks": item_tokenizer.n_codebooks,
+        **shared, **autoregressive["model"], "n_codebooks": item_tokenizer.n_codebooks,
         "codebook_size": item_tokenizer.codebook_size, "item_token_prefix": tokenizer["item"]["token_prefix"],
         "seed": seed,
     })
     model = build_autoregressive(config, vocab["user_tokens"], vocab["user_token_vectors"],
-                                 vocab["item_token_vectors"], device=autoregressive.get("device"))
+                                 vocab["item_token_vectors"], device=autoregressive["device"])
     trie = CodeTrie(codes, config.codebook_size)
-    beam = int(autoregressive.get("beam_size", 20))
+    beam = int(autoregressive["beam_size"])
     valid = sample_prompt_users(_full_prompts(valid_prompts, "valid_prompts"),
-                                (autoregressive.get("validation") or {}).get("max_users"), seed,
+                                autoregressive["validation"]["max_users"], seed,
                                 "autoregressive.validation.max_users")
     v_prompts, v_users, v_histories, v_targets = _decode_rows(valid)
 
@@ -110,7 +112,7 @@ def train_autoregressive_model(
                                         mode="constrained")
         return valid_metrics(result.metrics)
 
-    train_config = AutoregressiveTrainConfig.from_dict({**autoregressive.get("training", {}), "seed": seed})
+    train_config = AutoregressiveTrainConfig.from_dict({**autoregressive["training"], "seed": seed})
     result = train_autoregressive(model, list(train_prompts["prompt"]), train_prompts["target_item"].to_numpy(),
                                   codes, train_config, validate_fn=validate)
     history = pd.DataFrame(result.history)
@@ -138,8 +140,8 @@ def evaluate_autoregressive_model(
                 pd.DataFrame(columns=["model", "user_group", "prompts", "generated", "invalid", "invalid_rate"]))
     codes = item_code_table(item_tokens)
     trie = CodeTrie(codes, autoregressive_model.codebook_size)
-    beam = int(autoregressive.get("beam_size", 20))
-    modes = autoregressive.get("decode_modes", list(DECODE_MODES))
+    beam = int(autoregressive["beam_size"])
+    modes = autoregressive["decode_modes"]
     unknown = sorted(set(modes) - set(DECODE_MODES))
     if unknown:
         raise ValueError(f"autoregressive.decode_modes: unknown mode(s) {unknown}; use {list(DECODE_MODES)}.")

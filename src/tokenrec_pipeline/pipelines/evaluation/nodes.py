@@ -61,12 +61,12 @@ def measure_inference_latency(llm4rec_model: LLM4Rec, item_index: ItemIndex, tes
                               cf_embeddings: dict, evaluation: dict) -> pd.DataFrame:
     """Milliseconds per user: TokenRec (prompt -> LLM -> index top-K) batched and at batch size 1,
     and the CF model's dot-product ranking over all items, on the same seen test users."""
-    n = int(evaluation.get("latency_users", 128))
+    n = int(evaluation["latency_users"])
     rows = test_prompts[(test_prompts["variant"] == "full") & (test_prompts["user_group"] == "seen")].head(n)
     prompts, histories = list(rows["prompt"]), [list(h) for h in rows["history"]]
-    k = int(evaluation.get("latency_top_k", 20))
+    k = int(evaluation["latency_top_k"])
     batched = time_retrieval(llm4rec_model, item_index, prompts, histories, k, batch_size=64)
-    single_n = min(len(prompts), int(evaluation.get("latency_single_users", 16)))
+    single_n = min(len(prompts), int(evaluation["latency_single_users"]))
     single = time_retrieval(llm4rec_model, item_index, prompts[:single_n], histories[:single_n], k, batch_size=1)
 
     users = torch.as_tensor(rows["user_id"].to_numpy())
@@ -89,7 +89,7 @@ def _bar_chart(wide: pd.DataFrame) -> plt.Figure:
     groups = list(dict.fromkeys(test["user_group"]))
     fig, axes = plt.subplots(1, len(groups), figsize=(7 * len(groups), 4.5), squeeze=False)
     metrics = ["HR@10", "HR@20", "HR@30", "NDCG@10", "NDCG@20", "NDCG@30"]
-    for ax, group in zip(axes[0], groups):
+    for ax, group in zip(axes[0], groups, strict=True):
         part = test[test["user_group"] == group]
         width = 0.8 / max(len(part), 1)
         for i in range(len(part)):
@@ -112,7 +112,7 @@ def compare_with_reference(evaluation: dict, seed: int, enabled: list[str] | str
     ``baselines.enabled`` are left out, like their metric rows -- also the CF model that was trained only
     because the tokenizers need it (its ranks table is not empty). Settings: ``evaluation.significance``.
     """
-    config = evaluation.get("significance", {})
+    config = evaluation["significance"]
     switched_off = set(BASELINES) - set(enabled_baselines(enabled))
     tables = [table[~table["model"].isin(switched_off)] for table in ranks_tables]
     tables = [table for table in tables if len(table)]
@@ -120,13 +120,13 @@ def compare_with_reference(evaluation: dict, seed: int, enabled: list[str] | str
         return pd.DataFrame(columns=list(SIGNIFICANCE_COLUMNS))
     table = significance_table(
         pd.concat(tables, ignore_index=True),
-        reference=config.get("reference_model", "tokenrec"),
-        test_metric=config.get("test_metric", "NDCG@20"),
-        interval_metrics=config.get("interval_metrics", ["HR@20", "NDCG@20"]),
-        n_resamples=int(config.get("n_resamples", 1000)),
-        confidence=float(config.get("confidence", 0.95)),
+        reference=config["reference_model"],
+        test_metric=config["test_metric"],
+        interval_metrics=config["interval_metrics"],
+        n_resamples=int(config["n_resamples"]),
+        confidence=float(config["confidence"]),
         seed=seed,
-        splits=config.get("splits", ["test"]),
+        splits=config["splits"],
     )
     for row in table.dropna(subset=["p_wilcoxon"]).itertuples():
         logger.info("%s %-6s %-26s %s %+.4f vs %s: Wilcoxon p=%.3g, paired t p=%.3g (%d users)", row.split,
@@ -180,9 +180,11 @@ def report_evaluation(inference_latency: pd.DataFrame, evaluation_significance: 
     wide = metrics_wide(long)
     metrics = {**metrics_table_to_mlflow(long), **significance_to_mlflow(evaluation_significance)}
     for row in inference_latency.itertuples():
-        metrics[f"latency.{row.model}.batch_{row.batch_size}.ms_per_user"] = {"value": float(row.ms_per_user), "step": 0}
+        metrics[f"latency.{row.model}.batch_{row.batch_size}.ms_per_user"] = {"value": float(row.ms_per_user),
+                                                                              "step": 0}
     for row in wide[wide["split"] == "test"].to_dict("records"):
-        logger.info("test %-6s %-26s HR@20=%.4f NDCG@20=%.4f", row["user_group"], row["model"], row["HR@20"], row["NDCG@20"])
+        logger.info("test %-6s %-26s HR@20=%.4f NDCG@20=%.4f", row["user_group"], row["model"], row["HR@20"],
+                    row["NDCG@20"])
     paper = paper_rows(paper_reference, dataset)
     table = paper_beside(_with_significance(wide, evaluation_significance), paper)
     for column in (c for c in table.columns if c.startswith("paper ") and c != "paper table"):

@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 
-from tokenrec_pipeline.models.item_index import DEFAULT_FACTORY, ItemIndex, build_item_index
+from tokenrec_pipeline.models.item_index import ItemIndex, build_item_index
 from tokenrec_pipeline.models.llm4rec import LLM4Rec
 
 logger = logging.getLogger(__name__)
@@ -22,9 +22,9 @@ def build_index(cf_embeddings: dict, llm4rec_model: LLM4Rec, indexing: dict, see
     index = build_item_index(
         vectors,
         np.arange(len(vectors), dtype=np.int64),
-        use_gpu=indexing.get("use_gpu", "auto"),
-        factory=indexing.get("faiss_factory", DEFAULT_FACTORY),
-        search_params=indexing.get("search_params"),
+        use_gpu=indexing["use_gpu"],
+        factory=indexing["faiss_factory"],
+        search_params=indexing["search_params"],
         seed=seed,
     )
     logger.info("Item index %s %s: %d items, d=%d, gpu=%s", index.factory, index.search_params, index.ntotal,

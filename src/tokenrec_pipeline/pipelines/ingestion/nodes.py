@@ -24,7 +24,7 @@ def ingest_interactions(
         (interactions, ingestion_metadata) — the metadata names the files read and their SHA-256.
     """
     if dataset == "synthetic":
-        config = SyntheticConfig.from_params(ingestion.get("synthetic"))
+        config = SyntheticConfig.from_params(ingestion["synthetic"])
         interactions = generate_synthetic_interactions(config, seed)
         metadata = {"dataset": dataset, "generator": "synthetic", "seed": seed, **vars(config)}
     else:

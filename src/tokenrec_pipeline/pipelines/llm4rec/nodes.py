@@ -39,7 +39,7 @@ PAPER_CURVES_PREFIX = "train.llm4rec_paper"
 def resolve_recipe(llm4rec: dict, paper_overrides: dict, recipe: str | None = None) -> dict:
     """The ``llm4rec`` parameters of one recipe: ``default`` as written, ``paper`` with the ``llm4rec_paper``
     block's ``model`` / ``training`` keys replacing the default's (``recipe=None``: ``llm4rec.recipe``)."""
-    name = recipe or llm4rec.get("recipe", "default")
+    name = recipe or llm4rec["recipe"]
     if name not in RECIPES:
         raise ValueError(f"llm4rec.recipe must be one of {list(RECIPES)}, got {name!r}.")
     resolved = copy.deepcopy({key: value for key, value in llm4rec.items() if key != "recipe"})
@@ -48,7 +48,7 @@ def resolve_recipe(llm4rec: dict, paper_overrides: dict, recipe: str | None = No
         if unknown:
             raise ValueError(f"llm4rec_paper may only hold 'model' and 'training' blocks, got {unknown}.")
         for block in ("model", "training"):
-            resolved[block] = {**resolved.get(block, {}), **(paper_overrides.get(block) or {})}
+            resolved[block] = {**resolved[block], **(paper_overrides.get(block) or {})}
     return resolved
 
 
@@ -59,11 +59,12 @@ def select_training_prompts(train_prompts: pd.DataFrame, fold_in_train_prompts: 
     ``samples_per_user`` x users with a training prompt, so the budget grows with the data; it replaces
     ``samples_per_epoch`` when set)."""
     training = dict(training)
-    source = training.pop("train_user_tokens", "full_graph")
+    source = training.pop("train_user_tokens")
     if source not in TRAIN_USER_TOKENS:
-        raise ValueError(f"llm4rec.training.train_user_tokens must be one of {list(TRAIN_USER_TOKENS)}, got {source!r}.")
+        raise ValueError(
+            f"llm4rec.training.train_user_tokens must be one of {list(TRAIN_USER_TOKENS)}, got {source!r}.")
     prompts = fold_in_train_prompts if source == "prefix_fold_in" else train_prompts
-    per_user = training.pop("samples_per_user", None)
+    per_user = training.pop("samples_per_user")
     if per_user is not None:
         if not isinstance(per_user, (int, float)) or per_user <= 0:
             raise ValueError(f"llm4rec.training.samples_per_user must be a positive number or null, got {per_user!r}.")
@@ -83,7 +84,7 @@ def train_recipe(train_prompts: pd.DataFrame, fold_in_train_prompts: pd.DataFram
                                   tokenizer["item"]["token_prefix"])
     prompts, training = select_training_prompts(train_prompts, fold_in_train_prompts, llm4rec["training"])
     # Early stopping on a fixed, seeded subset of the validation users (the test always scores everyone).
-    max_users = (llm4rec.get("validation") or {}).get("max_users")
+    max_users = llm4rec["validation"]["max_users"]
     valid = sample_prompt_users(valid_prompts, max_users, seed, "llm4rec.validation.max_users")
     if len(valid) < len(valid_prompts):
         logger.info("%s: validating each epoch on %d of %d validation users (llm4rec.validation.max_users).", name,
@@ -94,10 +95,10 @@ def train_recipe(train_prompts: pd.DataFrame, fold_in_train_prompts: pd.DataFram
         user_token_vectors=vocab["user_token_vectors"], item_token_vectors=vocab["item_token_vectors"],
         model_config=LLM4RecConfig.from_dict({**llm4rec["model"], "cf_dim": int(item_vectors.shape[1]), "seed": seed}),
         train_config=TrainConfig.from_dict({**training, "seed": seed}),
-        device=llm4rec.get("device"),
+        device=llm4rec["device"],
         user_tokenizer=user_tokenizer,
     )
-    settings = DistributedSettings.from_dict(llm4rec.get("distributed") or {})
+    settings = DistributedSettings.from_dict(llm4rec["distributed"])
     if settings.enabled:
         run = mlflow.active_run()
         run_id = run.info.run_id if run is not None else None
@@ -109,7 +110,8 @@ def train_recipe(train_prompts: pd.DataFrame, fold_in_train_prompts: pd.DataFram
         history = pd.DataFrame(result.history)
         curves = history_to_mlflow(history, curves_prefix)
     monitor = job.train_config.monitor
-    best = history.loc[history[monitor].idxmax() if job.train_config.monitor_mode == "max" else history[monitor].idxmin()]
+    best = history.loc[history[monitor].idxmax() if job.train_config.monitor_mode == "max"
+                       else history[monitor].idxmin()]
     logger.info("%s: best epoch %d of %d (%s=%.4f), %.0fs", name, best["epoch"], int(history["epoch"].max()), monitor,
                 best[monitor], history["seconds"].sum())
     return model, history, curves

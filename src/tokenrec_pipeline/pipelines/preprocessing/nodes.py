@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 def make_implicit_feedback(interactions: pd.DataFrame, preprocessing: dict) -> pd.DataFrame:
     """Threshold ratings (``preprocessing.rating_threshold``, null keeps all) and dedupe pairs."""
-    return to_implicit_feedback(interactions, preprocessing.get("rating_threshold"))
+    return to_implicit_feedback(interactions, preprocessing["rating_threshold"])
 
 
 LAYERS_DIFFER = (
@@ -34,7 +34,7 @@ LAYERS_DIFFER = (
 def apply_k_core(implicit_interactions: pd.DataFrame, preprocessing: dict) -> pd.DataFrame:
     """Iterative k-core with ``preprocessing.k_core``; a failure says that the data layers now differ."""
     try:
-        return filter_k_core(implicit_interactions, int(preprocessing.get("k_core", 5)))
+        return filter_k_core(implicit_interactions, int(preprocessing["k_core"]))
     except PreprocessingError as error:
         raise PreprocessingError(f"{error} {LAYERS_DIFFER}") from error
 
@@ -47,10 +47,10 @@ def split_interactions(
     quantiles of all timestamps)."""
     return split_by_strategy(
         k_core_interactions,
-        preprocessing.get("split_strategy", "leave_one_out"),
-        float(preprocessing.get("unseen_user_fraction", 0.1)),
+        preprocessing["split_strategy"],
+        float(preprocessing["unseen_user_fraction"]),
         seed,
-        preprocessing.get("temporal_cutoffs", (0.8, 0.9)),
+        preprocessing["temporal_cutoffs"],
     )
 
 

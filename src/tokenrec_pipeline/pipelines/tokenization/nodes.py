@@ -34,9 +34,11 @@ def tokenizer_inputs(cf_embeddings: dict) -> tuple[torch.Tensor, torch.Tensor, t
     return users, all_users, items, items
 
 
-def _config(tokenizer: dict, side: dict, seed: int) -> TokenizerConfig:
+def side_tokenizer_config(tokenizer: dict, side: dict, seed: int) -> TokenizerConfig:
+    """One side's :class:`TokenizerConfig`: ``tokenizer`` without the side blocks, ``side["overrides"]`` over it,
+    and the run's ``seed``."""
     shared = {k: v for k, v in tokenizer.items() if k not in SIDES}
-    overrides = dict(side.get("overrides") or {})
+    overrides = dict(side["overrides"] or {})
     return TokenizerConfig.from_dict({**shared, **overrides, "seed": seed}, param_prefix="tokenizer")
 
 
@@ -44,7 +46,7 @@ def fit_id_tokenizer(fit_vectors: torch.Tensor, tokenizer: dict, quantizer: str,
                      seed: int) -> FittedTokenizer:
     """Fit one tokenizer: ``quantizer`` (``params:tokenizer.quantizer``, or the sweep's per-namespace value)
     with the rest of ``tokenizer`` and the per-side ``tokenizer.<side>.overrides``."""
-    config = _config({**tokenizer, "quantizer": quantizer}, side, seed)
+    config = side_tokenizer_config({**tokenizer, "quantizer": quantizer}, side, seed)
     fitted = fit_tokenizer(fit_vectors, config)
     logger.info("Fitted %s tokenizer on %d vectors in %.1fs", config.quantizer, len(fit_vectors), fitted.fit_seconds)
     return fitted
@@ -69,7 +71,8 @@ def tokenize_ids(fitted: FittedTokenizer, all_vectors: torch.Tensor, side: dict)
 
 
 def report_tokenizers(user_diagnostics: dict, item_diagnostics: dict, quantizer: str) -> tuple[pd.DataFrame, dict]:
-    """One diagnostics table (side x measure, with the ``quantizer``) and MLflow metrics ``tokenizer.<side>.<measure>``."""
+    """One diagnostics table (side x measure, with the ``quantizer``) and MLflow metrics
+    ``tokenizer.<side>.<measure>``."""
     rows = [{"side": side, "quantizer": quantizer, **diag}
             for side, diag in (("user", user_diagnostics), ("item", item_diagnostics))]
     metrics = {
