@@ -17,8 +17,9 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # A tiny synthetic configuration of `kedro run --pipeline=full` (real MiniLM backbone): about a minute.
 TINY = {
     "ingestion": {"synthetic": {"n_users": 120, "n_items": 60, "n_groups": 4, "mean_history": 12.0}},
-    "cf_pretraining": {"lightgcn": {"epochs": 4, "patience": 2}, "mf": {"epochs": 4, "patience": 2}},
-    "baselines": {"sasrec": {"epochs": 2, "patience": 1, "hidden_size": 16, "max_length": 10},
+    "cf_pretraining": {"lightgcn": {"epochs": 4, "patience": 2}},
+    "baselines": {"mf": {"epochs": 4, "patience": 2},
+                  "sasrec": {"epochs": 2, "patience": 1, "hidden_size": 16, "max_length": 10},
                   "bert4rec": {"epochs": 2, "patience": 1, "hidden_size": 16, "max_length": 10}},
     "tokenizer": {"codebook_size": 8, "epochs": 3, "patience": 2, "hidden_dims": [32], "code_dim": 8},
     "prompting": {"max_prefixes_per_user": 1, "history_length": 5},

@@ -60,6 +60,8 @@ def test_base_and_the_tests_tiny_configuration_are_valid(base):
     ({"seeed": 1}, "unknown parameter 'seeed' -- did you mean 'seed'?"),
     ({"llm4rec": {"training": {"epochs": 2.5}}}, "llm4rec.training.epochs=2.5 must be an integer"),
     ({"cf_pretraining": {"lightgcn": {"lr": 0}}}, "cf_pretraining.lightgcn.lr=0 must be a number > 0"),
+    ({"baselines": {"mf": {"lr": 0}}}, "baselines.mf.lr=0 must be a number > 0"),
+    ({"cf_pretraining": {"mf": {"epochs": 4}}}, "unknown parameter 'cf_pretraining.mf' -- it moved to 'baselines.mf'"),
     ({"baselines": {"enabled": "pop lightgcm"}}, "baselines.enabled='pop lightgcm' has unknown entries ['lightgcm']"),
     ({"preprocessing": {"temporal_cutoffs": [0.9, 0.8]}}, "must be two quantiles 0 < q1 < q2 < 1"),
     ({"prompting": {"test_template_id": 10}}, "prompting.test_template_id=10 must index prompting.train_templates"),

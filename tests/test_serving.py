@@ -65,10 +65,10 @@ def test_a_served_new_user_gets_the_vector_the_evaluation_scored(fold_in):
     import torch
 
     from tokenrec_pipeline.core.artefacts import recorded_fold_in_method
+    from tokenrec_pipeline.core.baselines import train_cf_model
     from tokenrec_pipeline.data.preprocess import filter_k_core, split_leave_one_out, to_implicit_feedback
     from tokenrec_pipeline.data.synthetic import SyntheticConfig, generate_synthetic_interactions
     from tokenrec_pipeline.models.evaluation import eval_inputs_from_splits
-    from tokenrec_pipeline.pipelines.cf_pretraining.nodes import train_cf_model
     from tokenrec_pipeline.serving import new_user_vectors
 
     log = generate_synthetic_interactions(SyntheticConfig(n_users=150, n_items=80, n_groups=4), 0)

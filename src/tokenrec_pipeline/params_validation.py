@@ -207,6 +207,11 @@ SCHEMA_ALIASES: dict[str, str] = {
 LIST_SUBSETS = ("baselines.enabled",)
 """Lists whose entries must be among base's entries (a space-separated string is accepted too)."""
 
+MOVED_KEYS: dict[str, str] = {
+    "cf_pretraining.mf": "baselines.mf",  # MF is a baseline of the baselines stage; cf_pretraining trains the teacher
+}
+"""Keys that base no longer has because they moved: an override of the old path is refused naming the new one."""
+
 
 # --------------------------------------------------------------------------- the schema (conf/base)
 def _deep_merge(into: dict, other: Mapping) -> dict:
@@ -285,6 +290,9 @@ def _subset_problem(value: Any, base: list) -> str | None:
 
 
 def _unknown_key(path: str, key: str, known: list[str]) -> str:
+    full = (path + "." if path else "") + key
+    if full in MOVED_KEYS:
+        return f"unknown parameter {full!r} -- it moved to {MOVED_KEYS[full]!r}"
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     hint = f" -- did you mean {(path + '.' if path else '') + close[0]!r}?" if close else ""
     where = f"under {path!r}" if path else "at the top level"

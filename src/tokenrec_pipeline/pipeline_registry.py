@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from kedro.pipeline import Node, Pipeline
 
+from tokenrec_pipeline.core.baselines import baseline_table_models
 from tokenrec_pipeline.mlflow_model import bind_training_to_inference
 from tokenrec_pipeline.pipelines import (
     autoregressive,
+    baselines,
     cf_pretraining,
     evaluation,
     indexing,
@@ -16,7 +18,6 @@ from tokenrec_pipeline.pipelines import (
     prompting,
     recommend,
     reporting,
-    sequential_baselines,
     tokenization,
 )
 from tokenrec_pipeline.pipelines.reporting.nodes import compare_sweep_quantizers
@@ -27,9 +28,9 @@ SWEEP = "quantizer_sweep"
 SWEEP_QUANTIZERS = ("mq", "rqvae", "vqvae", "kmeans")
 """The paper's Table VI substitutions, one namespace ``quantizer_sweep.<quantizer>`` each."""
 SWEEP_SHARED = {"interactions_split", "cf_embeddings", "baseline_metrics", "paper_reference",
-                "pop.ranks", "mf.ranks", "lightgcn.ranks", "sasrec.ranks", "bert4rec.ranks"}
+                *(f"{name}.ranks" for name in baseline_table_models())}
 """What every quantizer's branch reads from an earlier ``full`` run instead of recomputing it: the split, the CF
-embeddings and the baselines (none of them depends on the tokenizer)."""
+embeddings and the baseline table's models (none of them depends on the tokenizer)."""
 
 
 def _as_stage(name: str, pipeline: Pipeline) -> Pipeline:
@@ -77,7 +78,8 @@ def register_pipelines() -> dict[str, Pipeline]:
         for name, create in {
             "ingestion": ingestion.create_pipeline,
             "preprocessing": preprocessing.create_pipeline,
-            "cf_pretraining": cf_pretraining.create_pipeline,  # includes the sequential baselines' training
+            "cf_pretraining": cf_pretraining.create_pipeline,  # the teacher: LightGCN -> cf_embeddings
+            "baselines": baselines.create_pipeline,  # Pop, MF, SASRec, BERT4Rec and the baseline table
             "tokenization": tokenization.create_pipeline,
             "prompting": prompting.create_pipeline,
             "llm4rec": llm4rec.create_pipeline,
@@ -94,8 +96,8 @@ def register_pipelines() -> dict[str, Pipeline]:
     full = bind_training_to_inference(training, recommend.create_inference_pipeline(), "recommendation_requests",
                                       MLFLOW_MODEL_NAME)
     extra = {
-        # the part of cf_pretraining that trains SASRec / BERT4Rec, runnable alone (same nodes, same namespace)
-        "sequential_baselines": _as_stage("cf_pretraining", sequential_baselines.create_pipeline()),
+        # the part of baselines that trains SASRec / BERT4Rec, runnable alone (same nodes, same namespace)
+        "sequential_baselines": _as_stage("baselines", baselines.create_sequential_pipeline()),
         "recommend": _as_stage("recommend", recommend.create_pipeline()),
         "add_items": _as_stage("add_items", recommend.create_add_items_pipeline()),
         SWEEP: quantizer_sweep_pipeline(),

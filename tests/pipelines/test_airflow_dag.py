@@ -10,8 +10,8 @@ import pytest
 
 from tokenrec_pipeline.mlflow_model import TrainingPipelineML
 
-STAGES_IN_ORDER = ["ingestion", "preprocessing", "cf_pretraining", "tokenization", "prompting", "llm4rec",
-                   "indexing", "autoregressive", "evaluation", "reporting"]
+STAGES_IN_ORDER = ["ingestion", "preprocessing", "cf_pretraining", "baselines", "tokenization", "prompting",
+                   "llm4rec", "indexing", "autoregressive", "evaluation", "reporting"]
 
 
 def _registered():
@@ -50,5 +50,9 @@ def test_airflow_dag_has_one_task_per_stage_in_dependency_order(kedro_project):
     position["recommend"] = position["preprocessing"] + 0.5  # the example requests need only the id maps
     assert edges and all(position[a] < position[b] for a, b in edges), edges
     for upstream, downstream in [("ingestion", "preprocessing"), ("prompting", "llm4rec"), ("llm4rec", "evaluation"),
-                                 ("indexing", "evaluation"), ("autoregressive", "evaluation")]:
-        assert (upstream, downstream) in edges
+                                 ("indexing", "evaluation"), ("autoregressive", "evaluation"),
+                                 ("cf_pretraining", "tokenization"), ("cf_pretraining", "baselines"),
+                                 ("baselines", "evaluation")]:
+        assert (upstream.replace("_", "-"), downstream.replace("_", "-")) in edges
+    # the teacher does not wait for the baselines (SASRec, BERT4Rec), nor does anything before the evaluation
+    assert not [(a, b) for a, b in edges if a == "baselines" and b not in ("evaluation", "reporting")], edges

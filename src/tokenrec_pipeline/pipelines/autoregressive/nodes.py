@@ -14,6 +14,7 @@ import logging
 import numpy as np
 import pandas as pd
 
+from tokenrec_pipeline.core.baselines import baseline_enabled
 from tokenrec_pipeline.datasets import SkippedModel
 from tokenrec_pipeline.models.autoregressive import (
     DECODE_MODES,
@@ -28,7 +29,6 @@ from tokenrec_pipeline.models.autoregressive import (
 from tokenrec_pipeline.models.evaluation import METRIC_COLUMNS, RANK_COLUMNS, metrics_to_frame, ranks_to_frame
 from tokenrec_pipeline.models.tokenizers import FittedTokenizer
 from tokenrec_pipeline.models.tokenrec import id_token_vocabularies
-from tokenrec_pipeline.pipelines.cf_pretraining.nodes import baseline_enabled
 from tokenrec_pipeline.prompts import sample_prompt_users
 from tokenrec_pipeline.reporting import history_to_mlflow
 from tokenrec_pipeline.training.loop import valid_metrics

@@ -1,4 +1,5 @@
-"""CF pretraining: LightGCN / MF collaborative embeddings and the Pop/MF/LightGCN baselines."""
+"""CF pretraining: the tokenizers' teacher (LightGCN; BPR-MF for the "w/o HOCK" ablation) and its
+collaborative embeddings ``cf_embeddings``, with LightGCN's own evaluation rows."""
 
 from .pipeline import create_pipeline
 

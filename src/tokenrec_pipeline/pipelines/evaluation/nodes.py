@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from tokenrec_pipeline.core.baselines import skipped_baseline_tables, switched_off_models  # noqa: E402
 from tokenrec_pipeline.datasets import SkippedModel  # noqa: E402
 from tokenrec_pipeline.models.evaluation import metrics_wide  # noqa: E402
 from tokenrec_pipeline.models.item_index import ItemIndex  # noqa: E402
@@ -20,11 +21,6 @@ from tokenrec_pipeline.models.llm4rec import LLM4Rec  # noqa: E402
 from tokenrec_pipeline.models.significance import SIGNIFICANCE_COLUMNS, significance_table  # noqa: E402
 from tokenrec_pipeline.models.tokenrec import evaluate_prompt_variants, item_vectors_from_index, time_retrieval  # noqa: E402
 from tokenrec_pipeline.paper_reference import paper_beside, paper_rows  # noqa: E402
-from tokenrec_pipeline.pipelines.cf_pretraining.nodes import (  # noqa: E402
-    BASELINES,
-    enabled_baselines,
-    skipped_baseline_tables,
-)
 from tokenrec_pipeline.reporting import markdown_table, metric_key, metrics_table_to_mlflow  # noqa: E402
 from tokenrec_pipeline.run_summary import headline_table, headline_to_mlflow  # noqa: E402
 
@@ -113,7 +109,7 @@ def compare_with_reference(evaluation: dict, seed: int, enabled: list[str] | str
     because the tokenizers need it (its ranks table is not empty). Settings: ``evaluation.significance``.
     """
     config = evaluation["significance"]
-    switched_off = set(BASELINES) - set(enabled_baselines(enabled))
+    switched_off = switched_off_models(enabled)
     tables = [table[~table["model"].isin(switched_off)] for table in ranks_tables]
     tables = [table for table in tables if len(table)]
     if not tables:

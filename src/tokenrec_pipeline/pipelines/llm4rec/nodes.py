@@ -14,6 +14,7 @@ import math
 import mlflow
 import pandas as pd
 
+from tokenrec_pipeline.core.baselines import baseline_enabled
 from tokenrec_pipeline.datasets import SkippedModel
 from tokenrec_pipeline.distributed_train import (
     CURVES_PREFIX,
@@ -25,7 +26,6 @@ from tokenrec_pipeline.distributed_train import (
 from tokenrec_pipeline.models.llm4rec import LLM4Rec, LLM4RecConfig, TrainConfig
 from tokenrec_pipeline.models.tokenizers import FittedTokenizer
 from tokenrec_pipeline.models.tokenrec import id_token_vocabularies
-from tokenrec_pipeline.pipelines.cf_pretraining.nodes import baseline_enabled
 from tokenrec_pipeline.prompts import sample_prompt_users
 from tokenrec_pipeline.reporting import history_to_mlflow
 

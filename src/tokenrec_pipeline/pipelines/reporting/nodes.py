@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from tokenrec_pipeline.core.baselines import cf_model_trained
 from tokenrec_pipeline.figures import (
     MissingTableError,
     item_projection_by_first_token,
@@ -17,7 +18,6 @@ from tokenrec_pipeline.figures import (
     tokenizer_diagnostics_figure,
     training_curves_figure,
 )
-from tokenrec_pipeline.pipelines.cf_pretraining.nodes import cf_model_trained
 from tokenrec_pipeline.run_summary import headlines_from_runs, quantizer_comparison
 
 

@@ -1,4 +1,5 @@
-"""Nodes of the sequential-baselines stage (model code lives in ``tokenrec_pipeline.models.sequential``)."""
+"""Nodes of the baselines stage (model code in ``tokenrec_pipeline.models.cf`` / ``.sequential``; the registry,
+the CF training node and the baseline report in ``tokenrec_pipeline.core.baselines``)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,34 @@ import logging
 
 import pandas as pd
 
+from tokenrec_pipeline.core.baselines import (
+    baseline_enabled,
+    ranks_frame,
+    report_baselines,
+    skipped_baseline_tables,
+    train_cf_model,
+)
+from tokenrec_pipeline.models.cf import evaluate_pop
 from tokenrec_pipeline.models.sequential import SequentialConfig, evaluate_sequential, train_sequential_from_splits
-from tokenrec_pipeline.pipelines.cf_pretraining.nodes import baseline_enabled, ranks_frame, skipped_baseline_tables
 from tokenrec_pipeline.reporting import history_to_mlflow
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["evaluate_popularity", "report_baselines", "train_cf_model", "train_sequential_baseline"]
+
+
+def evaluate_popularity(interactions_split: pd.DataFrame,
+                        enabled: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Pop (train interaction counts) on valid and test under the same evaluator (empty tables when
+    ``pop`` is not in ``baselines.enabled``)."""
+    if enabled is not None and not baseline_enabled("pop", enabled):
+        logger.info("pop is off (not in baselines.enabled): skipped.")
+        return skipped_baseline_tables()
+    frames, results = [], {}
+    for split in ("valid", "test"):
+        frame, results[split] = evaluate_pop(interactions_split, split=split)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True), ranks_frame(results, "pop")
 
 
 def train_sequential_baseline(
