@@ -103,8 +103,8 @@ def main() -> None:
     print(f"max |param(1 process) - param({args.nproc}-process DDP)| = {worst:.3g} "
           f"(largest |param| {largest:.3g}) over {len(single_state)} tensors")
     table = pd.DataFrame({"epoch": history["epoch"].astype(int), "loss 1 proc": history["loss"],
-                          f"loss {args.nproc} DDP": ddp_history["loss"], "ndcg@20 1 proc": history["ndcg@20"],
-                          f"ndcg@20 {args.nproc} DDP": ddp_history["ndcg@20"]})
+                          f"loss {args.nproc} DDP": ddp_history["loss"], "ndcg@20 1 proc": history["valid_NDCG@20"],
+                          f"ndcg@20 {args.nproc} DDP": ddp_history["valid_NDCG@20"]})
     print(table.to_string(index=False, float_format=lambda v: f"{v:.6f}"))
     print(f"wall: 1 process {single_seconds:.1f}s, {args.nproc}-process DDP {ddp_seconds:.1f}s "
           f"(incl. torchrun start-up, {args.nproc} backbone loads, checkpoint write + read)")

@@ -144,15 +144,15 @@ def run_variant(data: dict, params: dict, variant: str) -> dict:
     started = time.perf_counter()
     model, history, _ = train_recipe(
         data["train_prompts"], data["fold_in_train_prompts"], data["valid_prompts"], data["cf_embeddings"],
-        data["user.tokenizer"], data["item.tokenizer"], params["tokenizer"], llm4rec, params["seed"],
+        data["user.tokenizer"], data["item.tokenizer"], llm4rec, params["seed"],
         "ablation", f"LLM4Rec ({variant})")
     train_seconds = time.perf_counter() - started
     test = data["test_prompts"][data["test_prompts"]["variant"].isin(["full", "user_only"])]
     long, _ = evaluate_prompt_variants(model, test, model.items_in_space(data["cf_embeddings"]["item_embeddings"]))
     wide = metrics_wide(long).set_index(["model", "user_group"])
-    best = history.loc[history["ndcg@20"].idxmax()]
+    best = history.loc[history["valid_NDCG@20"].idxmax()]
     batch = int(llm4rec["training"]["batch_size"])
-    row = {"variant": variant, "valid_NDCG@20": float(best["ndcg@20"]), "best_epoch": int(best["epoch"]),
+    row = {"variant": variant, "valid_NDCG@20": float(best["valid_NDCG@20"]), "best_epoch": int(best["epoch"]),
            "train_s": round(train_seconds, 1),
            "optimiser_steps": int(sum(-(-int(s) // batch) for s in history["samples"].fillna(0)))}
     for group in ("seen", "unseen"):

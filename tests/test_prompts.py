@@ -95,10 +95,10 @@ def test_fold_in_train_prompts_never_see_the_target_or_later_items():
     items = pd.DataFrame({"id": range(6), "tokens": ITEM_TOKENS})
     params = {"train_templates": TEMPLATES, "test_template_id": 0, "unseen_template": "New: {user} after {history}",
               "user_only_template": "Recommend to {user}.", "history_length": 2}
-    tokenizer = {"user": {"token_prefix": "u"}}
+    fitted.token_prefix = "u"  # the tokenization stage sets it; saved with the tokenizer
 
     def run(embeddings):
-        return build_prompts(split, users, items, embeddings, fitted, params, tokenizer, "mean", 0)
+        return build_prompts(split, users, items, embeddings, fitted, params, "mean", 0)
 
     train, fold_in, valid, _ = run(cf)
     assert len(fold_in) == len(train) == 3 and fold_in["target_item"].tolist() == [1, 2, 5]

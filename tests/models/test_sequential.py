@@ -202,7 +202,7 @@ def test_training_is_deterministic_for_a_seed(planted):
     config = tiny_config("sasrec", epochs=2)
     a = sq.train_sequential_from_splits(planted, config)
     b = sq.train_sequential_from_splits(planted, config)
-    pd.testing.assert_frame_equal(a.history, b.history)
+    pd.testing.assert_frame_equal(a.history.drop(columns="seconds"), b.history.drop(columns="seconds"))  # wall time
 
 
 def test_unseen_users_are_scored_from_their_history_without_retraining(planted):

@@ -25,7 +25,7 @@ def test_item_code_table_orders_rows_by_item_id_and_codebook():
 
 def test_switched_off_baseline_trains_nothing_and_reports_no_rows():
     model, history, curves = train_autoregressive_model(
-        pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), None, None, {}, {}, {}, ["pop", "lightgcn"], 0)
+        pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), None, None, {}, {}, ["pop", "lightgcn"], 0)
     assert model == SkippedModel() and history.empty and curves == {}
     metrics, ranks, summary = evaluate_autoregressive_model(model, pd.DataFrame(), pd.DataFrame(), {})
     assert metrics.empty and ranks.empty and summary.empty

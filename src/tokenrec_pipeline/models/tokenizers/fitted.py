@@ -40,6 +40,8 @@ class FittedTokenizer:
         fit_seconds: wall-clock fit time.
         best_epoch: the epoch whose weights were kept (0: the k-means init, always for ``kmeans``).
         n_train: embeddings used for training; n_valid: held out for early stopping.
+        token_prefix: the letter of its tokens (``u`` -> ``<u1-42>``), set by the tokenization stage and saved
+            with the tokenizer, so every later stage writes and reads the same tokens without the parameters.
     """
 
     def __init__(
@@ -51,14 +53,30 @@ class FittedTokenizer:
         best_epoch: int,
         n_train: int,
         n_valid: int,
+        token_prefix: str | None = None,
     ) -> None:
         self.config = config
+        self._token_prefix = token_prefix
         self.model = model.cpu().eval()
         self.history = history
         self.fit_seconds = float(fit_seconds)
         self.best_epoch = int(best_epoch)
         self.n_train = int(n_train)
         self.n_valid = int(n_valid)
+
+    @property
+    def token_prefix(self) -> str:
+        """The token letter (``u`` / ``i``); raises when the tokenizer was fitted or saved without one."""
+        if not self._token_prefix:
+            raise ValueError("This tokenizer has no token prefix (saved by an older version, or fitted outside the "
+                             "tokenization stage): re-run `kedro run --pipeline=tokenization`, or set token_prefix.")
+        return self._token_prefix
+
+    @token_prefix.setter
+    def token_prefix(self, prefix: str) -> None:
+        if not isinstance(prefix, str) or not prefix.isalnum():
+            raise ValueError(f"tokenizer.<side>.token_prefix must be letters/digits such as 'u' or 'i', got {prefix!r}.")
+        self._token_prefix = prefix
 
     def __repr__(self) -> str:
         return (
@@ -153,6 +171,7 @@ class FittedTokenizer:
             "best_epoch": self.best_epoch,
             "n_train": self.n_train,
             "n_valid": self.n_valid,
+            "token_prefix": self._token_prefix,
             "config": self.config.to_dict(),
         }
         (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
@@ -192,4 +211,5 @@ def load_tokenizer(directory: str | Path) -> FittedTokenizer:
         best_epoch=meta.get("best_epoch", 0),
         n_train=meta.get("n_train", 0),
         n_valid=meta.get("n_valid", 0),
+        token_prefix=meta.get("token_prefix"),
     )

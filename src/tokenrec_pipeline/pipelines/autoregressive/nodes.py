@@ -69,7 +69,6 @@ def train_autoregressive_model(
     item_tokens: pd.DataFrame,
     user_tokenizer: FittedTokenizer,
     item_tokenizer: FittedTokenizer,
-    tokenizer: dict,
     llm4rec: dict,
     autoregressive: dict,
     enabled: list[str] | str,
@@ -90,12 +89,12 @@ def train_autoregressive_model(
         logger.info("Autoregressive baseline switched off (not in baselines.enabled).")
         return SkippedModel(), pd.DataFrame(), {}
     codes = item_code_table(item_tokens)
-    vocab = id_token_vocabularies(user_tokenizer, item_tokenizer, tokenizer["user"]["token_prefix"],
-                                  tokenizer["item"]["token_prefix"])
+    vocab = id_token_vocabularies(user_tokenizer, item_tokenizer, user_tokenizer.token_prefix,
+                                  item_tokenizer.token_prefix)
     shared = {key: llm4rec["model"][key] for key in SHARED_MODEL_KEYS}
     config = AutoregressiveConfig.from_dict({
         **shared, **autoregressive["model"], "n_codebooks": item_tokenizer.n_codebooks,
-        "codebook_size": item_tokenizer.codebook_size, "item_token_prefix": tokenizer["item"]["token_prefix"],
+        "codebook_size": item_tokenizer.codebook_size, "item_token_prefix": item_tokenizer.token_prefix,
         "seed": seed,
     })
     model = build_autoregressive(config, vocab["user_tokens"], vocab["user_token_vectors"],

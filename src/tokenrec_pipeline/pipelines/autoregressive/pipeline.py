@@ -8,7 +8,7 @@ from .nodes import evaluate_autoregressive_model, train_autoregressive_model
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline([
         Node(train_autoregressive_model,
-             ["train_prompts", "valid_prompts", "item.tokens", "user.tokenizer", "item.tokenizer", "params:tokenizer",
+             ["train_prompts", "valid_prompts", "item.tokens", "user.tokenizer", "item.tokenizer",
               "params:llm4rec", "params:autoregressive", "params:baselines.enabled", "params:seed"],
              ["autoregressive_model", "autoregressive_training_history", "autoregressive_training_curves"],
              name="train_autoregressive_model"),

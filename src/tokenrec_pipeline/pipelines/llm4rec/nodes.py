@@ -74,14 +74,14 @@ def select_training_prompts(train_prompts: pd.DataFrame, fold_in_train_prompts: 
 
 def train_recipe(train_prompts: pd.DataFrame, fold_in_train_prompts: pd.DataFrame, valid_prompts: pd.DataFrame,
                  cf_embeddings: dict, user_tokenizer: FittedTokenizer, item_tokenizer: FittedTokenizer,
-                 tokenizer: dict, llm4rec: dict, seed: int, curves_prefix: str,
+                 llm4rec: dict, seed: int, curves_prefix: str,
                  name: str) -> tuple[LLM4Rec, pd.DataFrame, dict]:
     """Train one resolved ``llm4rec`` block (:func:`resolve_recipe`), in-process or as a DDP job; returns the
     model, its per-epoch history and the MLflow curves under ``curves_prefix`` (``name`` labels the log line).
     The two nodes below are this with the default and the paper's recipe (the ablation benchmark calls it too)."""
     item_vectors = cf_embeddings["item_embeddings"]
-    vocab = id_token_vocabularies(user_tokenizer, item_tokenizer, tokenizer["user"]["token_prefix"],
-                                  tokenizer["item"]["token_prefix"])
+    vocab = id_token_vocabularies(user_tokenizer, item_tokenizer, user_tokenizer.token_prefix,
+                                  item_tokenizer.token_prefix)
     prompts, training = select_training_prompts(train_prompts, fold_in_train_prompts, llm4rec["training"])
     # Early stopping on a fixed, seeded subset of the validation users (the test always scores everyone).
     max_users = llm4rec["validation"]["max_users"]
@@ -124,7 +124,6 @@ def train_llm4rec_model(
     cf_embeddings: dict,
     user_tokenizer: FittedTokenizer,
     item_tokenizer: FittedTokenizer,
-    tokenizer: dict,
     llm4rec: dict,
     llm4rec_paper: dict,
     seed: int,
@@ -145,7 +144,7 @@ def train_llm4rec_model(
         (llm4rec_model, llm4rec_training_history, llm4rec_training_curves)
     """
     return train_recipe(train_prompts, fold_in_train_prompts, valid_prompts, cf_embeddings, user_tokenizer,
-                  item_tokenizer, tokenizer, resolve_recipe(llm4rec, llm4rec_paper), seed, CURVES_PREFIX, "LLM4Rec")
+                  item_tokenizer, resolve_recipe(llm4rec, llm4rec_paper), seed, CURVES_PREFIX, "LLM4Rec")
 
 
 def train_paper_llm4rec_model(
@@ -155,7 +154,6 @@ def train_paper_llm4rec_model(
     cf_embeddings: dict,
     user_tokenizer: FittedTokenizer,
     item_tokenizer: FittedTokenizer,
-    tokenizer: dict,
     llm4rec: dict,
     llm4rec_paper: dict,
     enabled: list[str] | str,
@@ -167,5 +165,5 @@ def train_paper_llm4rec_model(
         logger.info("tokenrec_paper is off (not in baselines.enabled): the paper's recipe is not trained.")
         return SkippedModel(), pd.DataFrame(columns=["epoch"]), {}
     return train_recipe(train_prompts, fold_in_train_prompts, valid_prompts, cf_embeddings, user_tokenizer,
-                  item_tokenizer, tokenizer, resolve_recipe(llm4rec, llm4rec_paper, "paper"), seed,
+                  item_tokenizer, resolve_recipe(llm4rec, llm4rec_paper, "paper"), seed,
                   PAPER_CURVES_PREFIX, "LLM4Rec (paper recipe)")

@@ -6,7 +6,7 @@ from .nodes import train_llm4rec_model, train_paper_llm4rec_model
 
 # Both recipes read the same inputs (and the same parameter blocks): only their node functions differ.
 INPUTS = ["train_prompts", "fold_in_train_prompts", "valid_prompts", "cf_embeddings", "user.tokenizer",
-          "item.tokenizer", "params:tokenizer", "params:llm4rec", "params:llm4rec_paper"]
+          "item.tokenizer", "params:llm4rec", "params:llm4rec_paper"]
 
 
 def create_pipeline(**kwargs) -> Pipeline:

@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_prompts(interactions_split: pd.DataFrame, user_tokens: pd.DataFrame, item_tokens: pd.DataFrame,
-                  cf_embeddings: dict, user_tokenizer: FittedTokenizer, prompting: dict, tokenizer: dict,
+                  cf_embeddings: dict, user_tokenizer: FittedTokenizer, prompting: dict,
                   fold_in: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Train / validation / test prompt tables written in the users' and items' ID tokens, and the train
     prompts once more with each row's user tokens folded in from that row's prefix only.
@@ -30,7 +30,7 @@ def build_prompts(interactions_split: pd.DataFrame, user_tokens: pd.DataFrame, i
         interactions_split, token_of_user, item_tokens.set_index("id")["tokens"], config
     )
     folded = new_user_tokens([list(h) for h in train["history"]], cf_embeddings, user_tokenizer,
-                             tokenizer["user"]["token_prefix"], method=fold_in)
+                             user_tokenizer.token_prefix, method=fold_in)
     fold_in_train = with_row_user_tokens(train, token_of_user, folded)
     changed = float((fold_in_train["prompt"] != train["prompt"]).mean())
     logger.info("Prompts: %d train (%.0f%% with other user tokens when folded in from the prefix), %d valid, "

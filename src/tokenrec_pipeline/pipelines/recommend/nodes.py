@@ -10,6 +10,7 @@ import pandas as pd
 from tokenrec_pipeline.models.item_index import ItemIndex
 from tokenrec_pipeline.models.llm4rec import LLM4Rec
 from tokenrec_pipeline.models.tokenizers import FittedTokenizer
+from tokenrec_pipeline.models.tokenizers.tokens import token_strings_to_codes
 from tokenrec_pipeline.models.tokenrec import retrieve
 from tokenrec_pipeline.prompts import PromptConfig
 from tokenrec_pipeline.serving import (
@@ -47,7 +48,7 @@ def example_recommendation_requests(user_map: pd.DataFrame, interactions_split: 
 
 def prepare_requests(recommendation_requests: pd.DataFrame, interactions_split: pd.DataFrame, user_map: pd.DataFrame,
                      item_map: pd.DataFrame, user_tokens: pd.DataFrame, item_tokens: pd.DataFrame,
-                     cf_embeddings: dict, user_tokenizer: FittedTokenizer, prompting: dict, tokenizer: dict,
+                     cf_embeddings: dict, user_tokenizer: FittedTokenizer, prompting: dict,
                      on_unknown_item: str, seed: int) -> pd.DataFrame:
     """One prompt per request: a known user's tokens and recent items, or a new user's tokens from
     their history (fold-in + the fitted user tokenizer, no retraining)."""
@@ -55,7 +56,7 @@ def prepare_requests(recommendation_requests: pd.DataFrame, interactions_split: 
         raise ValueError(f"recommend.on_unknown_item must be one of {list(ON_UNKNOWN_ITEM)}, got {on_unknown_item!r}.")
     return build_request_prompts(
         requests_from_frame(recommendation_requests), interactions_split, user_map, item_map, user_tokens, item_tokens,
-        cf_embeddings, user_tokenizer, PromptConfig.from_params(prompting, seed), tokenizer["user"]["token_prefix"],
+        cf_embeddings, user_tokenizer, PromptConfig.from_params(prompting, seed), user_tokenizer.token_prefix,
         on_unknown_item,
     )
 
@@ -88,7 +89,7 @@ def recommend_items(llm4rec_model: LLM4Rec, item_index: ItemIndex, recommendatio
 
 def add_items_to_catalogue(new_item_interactions: pd.DataFrame, item_index: ItemIndex, item_map: pd.DataFrame,
                            item_tokens: pd.DataFrame, user_map: pd.DataFrame, cf_embeddings: dict,
-                           item_tokenizer: FittedTokenizer, tokenizer: dict) -> tuple[ItemIndex, pd.DataFrame, pd.DataFrame]:
+                           item_tokenizer: FittedTokenizer) -> tuple[ItemIndex, pd.DataFrame, pd.DataFrame]:
     """New items (columns ``user``, ``item``: original ids; users must be known) join the index, the
     item map and the token table — recommendable at once, no language-model retraining."""
     missing = {"user", "item"} - set(new_item_interactions.columns)
@@ -113,8 +114,8 @@ def add_items_to_catalogue(new_item_interactions: pd.DataFrame, item_index: Item
     new_ids = np.arange(first_id, first_id + len(new_items), dtype=np.int64)
     item_users = [frame.loc[frame["item"] == item, "user_id"].to_numpy() for item in new_items]
     index, _, tokens = add_new_items(item_index, item_users, new_ids, cf_embeddings, item_tokenizer,
-                                     tokenizer["item"]["token_prefix"])
-    codes = [[int(t.split("-")[1]) for t in s.strip("<>").split("><")] for s in tokens]
+                                     item_tokenizer.token_prefix)
+    codes = token_strings_to_codes(tokens, item_tokenizer.token_prefix, item_tokenizer.n_codebooks)
     new_tokens = pd.DataFrame(codes, columns=[c for c in item_tokens.columns if c.startswith("token_")])
     new_tokens.insert(0, "id", new_ids)
     new_tokens["tokens"] = tokens

@@ -16,7 +16,7 @@ def create_inference_pipeline(**kwargs) -> Pipeline:
     return Pipeline([
         Node(prepare_requests,
              ["recommendation_requests", "interactions_split", "user_map", "item_map", "user.tokens", "item.tokens",
-              "cf_embeddings", "user.tokenizer", "params:prompting", "params:tokenizer",
+              "cf_embeddings", "user.tokenizer", "params:prompting",
               "params:recommend.on_unknown_item", "params:seed"],
              "recommendation_prompts", name="prepare_requests"),
         Node(recommend_items, ["llm4rec_model", "item_index", "recommendation_prompts", "item_map",
@@ -45,7 +45,7 @@ def create_add_items_pipeline(**kwargs) -> Pipeline:
     return Pipeline([
         Node(add_items_to_catalogue,
              ["new_item_interactions", "item_index", "item_map", "item.tokens", "user_map", "cf_embeddings",
-              "item.tokenizer", "params:tokenizer"],
+              "item.tokenizer"],
              ["item_index_with_new_items", "item_map_with_new_items", "item_tokens_with_new_items"],
              name="add_items_to_catalogue"),
     ])

@@ -48,17 +48,18 @@ def fit_id_tokenizer(fit_vectors: torch.Tensor, tokenizer: dict, quantizer: str,
     with the rest of ``tokenizer`` and the per-side ``tokenizer.<side>.overrides``."""
     config = side_tokenizer_config({**tokenizer, "quantizer": quantizer}, side, seed)
     fitted = fit_tokenizer(fit_vectors, config)
+    fitted.token_prefix = side["token_prefix"]  # saved with the tokenizer: later stages read it from there
     logger.info("Fitted %s tokenizer on %d vectors in %.1fs", config.quantizer, len(fit_vectors), fitted.fit_seconds)
     return fitted
 
 
-def tokenize_ids(fitted: FittedTokenizer, all_vectors: torch.Tensor, side: dict) -> tuple[pd.DataFrame, dict]:
+def tokenize_ids(fitted: FittedTokenizer, all_vectors: torch.Tensor) -> tuple[pd.DataFrame, dict]:
     """Token table (``id``, ``token_1..K``, ``tokens`` string) and diagnostics for every id.
 
     New ids (unseen users) go through the same fitted model: no refit.
     """
     codes = np.asarray(fitted.encode(all_vectors))
-    prefix = side["token_prefix"]
+    prefix = fitted.token_prefix
     table = pd.DataFrame(codes, columns=[f"token_{k + 1}" for k in range(codes.shape[1])])
     table.insert(0, "id", np.arange(len(codes), dtype=np.int64))
     table["tokens"] = codes_to_token_strings(codes, prefix)

@@ -11,7 +11,7 @@ def _side_pipeline() -> Pipeline:
             Node(fit_id_tokenizer,
                  ["fit_vectors", "params:tokenizer", "params:tokenizer.quantizer", "params:side", "params:seed"],
                  "tokenizer", name="fit_id_tokenizer"),
-            Node(tokenize_ids, ["tokenizer", "all_vectors", "params:side"], ["tokens", "diagnostics"],
+            Node(tokenize_ids, ["tokenizer", "all_vectors"], ["tokens", "diagnostics"],
                  name="tokenize_ids"),
         ]
     )
