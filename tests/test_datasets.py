@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+from kedro.io import DatasetError
 
 from tokenrec_pipeline.datasets import AtomicParquetDataset, ModelDirectoryDataset, SafetensorsDataset, SkippedModel
 
@@ -12,7 +13,7 @@ from tokenrec_pipeline.datasets import AtomicParquetDataset, ModelDirectoryDatas
 def test_failed_parquet_save_keeps_previous_file(tmp_path):
     dataset = AtomicParquetDataset(filepath=str(tmp_path / "t.parquet"))
     dataset.save(pd.DataFrame({"a": [1, 2]}))
-    with pytest.raises(Exception):
+    with pytest.raises(DatasetError):
         dataset.save(pd.DataFrame({"a": [object(), object()]}))  # pyarrow cannot write this
     pd.testing.assert_frame_equal(dataset.load(), pd.DataFrame({"a": [1, 2]}))
     assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]  # no temp file left behind

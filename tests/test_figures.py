@@ -29,7 +29,8 @@ REPORTING = {"metrics_split": "test", "metrics": METRICS, "curve_metric": "NDCG@
 
 def _metrics_table(models=("pop", "lightgcn", "tokenrec", "sasrec")) -> pd.DataFrame:
     rows = [{"model": m, "split": split, "user_group": g, "metric": metric,
-             "value": 0.01 * (i + 1) + 0.001 * j + (0.5 if split == "valid" else 0), "n_users": 30 if g == "seen" else 5}
+             "value": 0.01 * (i + 1) + 0.001 * j + (0.5 if split == "valid" else 0),
+             "n_users": 30 if g == "seen" else 5}
             for i, m in enumerate(models) for split in ("valid", "test") for g in ("seen", "unseen")
             for j, metric in enumerate(METRICS)]
     return pd.DataFrame(rows)
@@ -69,7 +70,9 @@ def _diagnostics() -> pd.DataFrame:
 def test_tokenizer_diagnostics_shows_each_codebook_collisions_and_reconstruction_per_quantizer():
     fig = tokenizer_diagnostics_figure(_diagnostics())
     assert fig.layout.title.text and fig.layout.legend.title.text == "quantizer"
-    assert [a.text for a in fig.layout.annotations] == ["Codebook utilisation", "Token collisions", "Reconstruction error"]
+    assert [a.text for a in fig.layout.annotations] == [
+        "Codebook utilisation", "Token collisions", "Reconstruction error"
+    ]
     for axis in ("yaxis", "yaxis2", "yaxis3", "xaxis", "xaxis2", "xaxis3"):
         assert fig.layout[axis].title.text
     assert "%" in fig.layout.yaxis.title.text and "%" in fig.layout.yaxis2.title.text
@@ -90,7 +93,9 @@ def test_tokenizer_diagnostics_refuses_empty_or_incomplete_tables():
 
 
 def _history(metric_column: str, n: int = 4) -> pd.DataFrame:
-    return pd.DataFrame({"epoch": range(1, n + 1), "loss": np.linspace(0.7, 0.4, n), metric_column: np.linspace(0.1, 0.2, n)})
+    return pd.DataFrame(
+        {"epoch": range(1, n + 1), "loss": np.linspace(0.7, 0.4, n), metric_column: np.linspace(0.1, 0.2, n)}
+    )
 
 
 def test_training_curves_plot_loss_and_validation_ndcg_for_cf_and_language_model():

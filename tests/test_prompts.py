@@ -18,8 +18,12 @@ def _config(**overrides) -> PromptConfig:
 
 
 def _split() -> pd.DataFrame:
-    rows = [(0, i, t, s) for t, (i, s) in enumerate([(0, "train"), (1, "train"), (2, "train"), (3, "valid"), (4, "test")])]
-    rows += [(1, i, t, s) for t, (i, s) in enumerate([(2, "unseen_history"), (0, "unseen_history"), (5, "unseen_test")])]
+    rows = [
+        (0, i, t, s) for t, (i, s) in enumerate([(0, "train"), (1, "train"), (2, "train"), (3, "valid"), (4, "test")])
+    ]
+    rows += [
+        (1, i, t, s) for t, (i, s) in enumerate([(2, "unseen_history"), (0, "unseen_history"), (5, "unseen_test")])
+    ]
     return pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "split"])
 
 

@@ -24,7 +24,9 @@ def test_metric_names_are_valid_for_mlflow_and_keep_values():
 def test_history_curves_skip_epochs_without_validation():
     history = pd.DataFrame({"epoch": [1, 2, 3], "loss": [0.5, 0.4, 0.3], "valid_NDCG@20": [np.nan, 0.2, np.nan]})
     curves = history_to_mlflow(history, "train.lightgcn")
-    assert curves["train.lightgcn.loss"] == [{"value": 0.5, "step": 1}, {"value": 0.4, "step": 2}, {"value": 0.3, "step": 3}]
+    assert curves["train.lightgcn.loss"] == [
+        {"value": 0.5, "step": 1}, {"value": 0.4, "step": 2}, {"value": 0.3, "step": 3}
+    ]
     assert curves["train.lightgcn.valid_NDCG_at_20"] == [{"value": 0.2, "step": 2}]
 
 

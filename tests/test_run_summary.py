@@ -68,7 +68,8 @@ def test_a_run_without_baselines_logs_the_rest_of_the_headline():
     assert "headline.test.seen.tokenrec.HR_at_20" in names and not any("best_baseline" in n for n in names)
 
 
-@pytest.mark.parametrize("name", ["evaluation_metrics_mlflow.tokenrec.test.seen.HR_at_20", "tokenrec.test.seen.HR_at_20",
+@pytest.mark.parametrize("name", ["evaluation_metrics_mlflow.tokenrec.test.seen.HR_at_20",
+                                  "tokenrec.test.seen.HR_at_20",
                                   "tokenizer_diagnostics_mlflow.tokenizer.item.collision_rate", "lightgcn.train.loss"])
 def test_old_metric_names_do_not_match_the_scheme(name):
     assert not METRIC_NAME_PATTERN.match(name)

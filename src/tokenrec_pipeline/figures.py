@@ -218,7 +218,9 @@ def item_projection_by_popularity(item_embeddings: np.ndarray, popularity: np.nd
     if popularity.size == 0:
         raise MissingTableError(f"Table '{table_name}' gives no item popularity, so the projection cannot be drawn.")
     if popularity.shape != (len(item_embeddings),):
-        raise ValueError(f"popularity from '{table_name}' has {popularity.size} values for {len(item_embeddings)} items")
+        raise ValueError(
+            f"popularity from '{table_name}' has {popularity.size} values for {len(item_embeddings)} items"
+        )
     coords, explained = pca_2d(item_embeddings)
     fig, ax = _projection_axes(f"Item CF vectors (PCA), coloured by popularity — {len(popularity)} items", explained)
     order = np.argsort(popularity)  # popular items drawn last, on top

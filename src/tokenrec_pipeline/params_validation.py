@@ -238,7 +238,7 @@ def load_base_parameters(conf_base: Path) -> dict:
 # --------------------------------------------------------------------------- checking
 def _matches(pattern: str, path: str) -> bool:
     parts, keys = pattern.split("."), path.split(".")
-    return len(parts) == len(keys) and all(p in ("*", k) for p, k in zip(parts, keys))
+    return len(parts) == len(keys) and all(p in ("*", k) for p, k in zip(parts, keys, strict=True))
 
 
 def _lookup(table: Mapping[str, Any], path: str) -> Any:

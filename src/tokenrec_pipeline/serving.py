@@ -90,7 +90,9 @@ def requests_from_frame(requests: pd.DataFrame) -> list[Request]:
     if not isinstance(requests, pd.DataFrame):
         raise TypeError(f"recommendation_requests must be a table (pandas DataFrame), got {type(requests).__name__}.")
     if not {"user", "history"} & set(requests.columns):
-        raise ValueError(f"recommendation_requests: needs a 'user' and/or a 'history' column, got {list(requests.columns)}.")
+        raise ValueError(
+            f"recommendation_requests: needs a 'user' and/or a 'history' column, got {list(requests.columns)}."
+        )
     parsed = []
     for row, record in enumerate(requests.to_dict("records")):
         user, history = _cell(record.get("user")), _cell(record.get("history"))
@@ -183,7 +185,7 @@ def build_request_prompts(requests: list[Request], interactions_split: pd.DataFr
             rows.append([request.request_id, None, None, history])
     if new_rows:
         tokens = new_user_tokens([rows[i][3] for i in new_rows], cf_embeddings, user_tokenizer, user_prefix)
-        for i, token_string in zip(new_rows, tokens):
+        for i, token_string in zip(new_rows, tokens, strict=True):
             rows[i][2] = token_string
     prompts = [render_prompt(template, tokens, [token_of_item[j] for j in history], prompt_config)
                for _, _, tokens, history in rows]

@@ -133,7 +133,9 @@ def test_temporal_targets_are_each_users_first_row_of_their_window():
         assert rows["user_id"].is_unique and len(rows) > 0
         window = ordered[(ordered["timestamp"] >= lo) & (ordered["timestamp"] < hi)]
         first = window.groupby("user").head(1).set_index("user")["item"]
-        assert (first.loc[users.loc[rows["user_id"]].to_numpy()].to_numpy() == items.loc[rows["item_id"]].to_numpy()).all()
+        assert (
+            first.loc[users.loc[rows["user_id"]].to_numpy()].to_numpy() == items.loc[rows["item_id"]].to_numpy()
+        ).all()
     # history of a test target = every earlier row of the user (train + valid + test_history)
     for user_id in split.loc[split["split"] == "test", "user_id"]:
         rows = split[split["user_id"] == user_id]

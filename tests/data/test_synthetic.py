@@ -12,7 +12,9 @@ from tokenrec_pipeline.data.synthetic import SyntheticConfig, generate_synthetic
 
 def test_deterministic_from_seed():
     config = SyntheticConfig(n_users=200, n_items=100)
-    pd.testing.assert_frame_equal(generate_synthetic_interactions(config, 1), generate_synthetic_interactions(config, 1))
+    pd.testing.assert_frame_equal(
+        generate_synthetic_interactions(config, 1), generate_synthetic_interactions(config, 1)
+    )
     assert not generate_synthetic_interactions(config, 1).equals(generate_synthetic_interactions(config, 2))
 
 
@@ -33,7 +35,9 @@ def test_bad_parameter_is_named():
 
 def test_co_occurrence_beats_popularity_on_held_out_items():
     """The planted groups must be learnable: item co-occurrence beats popularity by a margin."""
-    frame = generate_synthetic_interactions(SyntheticConfig(n_users=800, n_items=400), 0).astype({"user": str, "item": str})
+    frame = generate_synthetic_interactions(SyntheticConfig(n_users=800, n_items=400), 0).astype(
+        {"user": str, "item": str}
+    )
     split, _, item_map = split_leave_one_out(filter_k_core(to_implicit_feedback(frame), 5), 0.0, seed=0)
     n_items = len(item_map)
     train = split[split["split"] == "train"]

@@ -42,11 +42,13 @@ def planted_split(seed: int = 0) -> pd.DataFrame:
         group = user // USERS_PER_GROUP if seen else (user - n_seen) % N_GROUPS
         items = group * ITEMS_PER_GROUP + rng.choice(ITEMS_PER_GROUP, size=7 if seen else 6, replace=False)
         names = ["train"] * 5 + ["valid", "test"] if seen else ["unseen_history"] * 5 + ["unseen_test"]
-        rows += [(user, int(item), t, name) for t, (item, name) in enumerate(zip(items, names))]
+        rows += [(user, int(item), t, name) for t, (item, name) in enumerate(zip(items, names, strict=True))]
     return pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "split"])
 
 
-FAST = cf.CFConfig(epochs=40, batch_size=64, lr=0.05, embedding_dim=16, eval_every=2, patience=5, show_progress=False, device="cpu")
+FAST = cf.CFConfig(
+    epochs=40, batch_size=64, lr=0.05, embedding_dim=16, eval_every=2, patience=5, show_progress=False, device="cpu"
+)
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +69,8 @@ def test_negatives_never_training_positives() -> None:
     keys = cf.positive_keys(users, items, n_items)
     draws_for = torch.tensor(np.repeat(np.arange(n_users), 400))
     negatives = cf.sample_bpr_negatives(draws_for, keys, n_items, torch.Generator().manual_seed(1))
-    positive = set(zip(users.tolist(), items.tolist()))
-    pairs = set(zip(draws_for.tolist(), negatives.tolist()))
+    positive = set(zip(users.tolist(), items.tolist(), strict=True))
+    pairs = set(zip(draws_for.tolist(), negatives.tolist(), strict=True))
     assert not pairs & positive
     assert negatives.min() >= 0 and negatives.max() < n_items
     # Uniform over the allowed items: each user's 4 non-positives all show up, about equally often.
@@ -80,7 +82,9 @@ def test_negatives_never_training_positives() -> None:
 def test_sample_negatives_raises_when_user_has_every_item() -> None:
     keys = cf.positive_keys(np.zeros(3, dtype=np.int64), np.arange(3), 3)
     with pytest.raises(RuntimeError, match="every item"):
-        cf.sample_bpr_negatives(torch.zeros(2, dtype=torch.long), keys, 3, torch.Generator().manual_seed(0), max_rounds=5)
+        cf.sample_bpr_negatives(
+            torch.zeros(2, dtype=torch.long), keys, 3, torch.Generator().manual_seed(0), max_rounds=5
+        )
 
 
 def test_pop_counts_train_only_and_ranks_by_count() -> None:
@@ -127,7 +131,10 @@ def test_lightgcn_learns_planted_groups_and_beats_pop(split_frame: pd.DataFrame,
     assert {"epoch", "loss", "valid_NDCG@20", "valid_HR@20"} <= set(res.history.columns)
     assert res.history["loss"].iloc[-1] < res.history["loss"].iloc[0]
     assert res.best_valid_metrics["NDCG@20"] == pytest.approx(res.history["valid_NDCG@20"].max())
-    assert res.history.loc[res.history["epoch"] == res.best_epoch, "valid_NDCG@20"].item() == res.best_valid_metrics["NDCG@20"]
+    assert (
+        res.history.loc[res.history["epoch"] == res.best_epoch, "valid_NDCG@20"].item()
+        == res.best_valid_metrics["NDCG@20"]
+    )
 
     # Each user's top unseen items are their own group's remaining items.
     valid = eval_inputs_from_splits(split_frame, "seen", "valid")
@@ -144,7 +151,9 @@ def test_lightgcn_learns_planted_groups_and_beats_pop(split_frame: pd.DataFrame,
 
 
 def test_mf_learns_planted_groups(split_frame: pd.DataFrame) -> None:
-    res = cf.train_mf(cf.train_interactions_from_splits(split_frame), FAST, eval_inputs_from_splits(split_frame, "seen", "valid"))
+    res = cf.train_mf(
+        cf.train_interactions_from_splits(split_frame), FAST, eval_inputs_from_splits(split_frame, "seen", "valid")
+    )
     assert res.model_name == "mf"
     assert res.best_valid_metrics["HR@10"] > 0.9  # 5 candidates of the own group + 30 others
     torch.testing.assert_close(res.item_fold_in_basis, res.item_embeddings)
@@ -163,7 +172,9 @@ def test_same_seed_same_embeddings(split_frame: pd.DataFrame) -> None:
 
 def test_early_stopping_keeps_best_epoch(split_frame: pd.DataFrame) -> None:
     # lr = 0: the metric never improves after the first validation, so training stops after `patience` more.
-    config = cf.CFConfig(epochs=50, batch_size=256, lr=0.0, embedding_dim=8, patience=3, show_progress=False, device="cpu")
+    config = cf.CFConfig(
+        epochs=50, batch_size=256, lr=0.0, embedding_dim=8, patience=3, show_progress=False, device="cpu"
+    )
     res = cf.train_cf_from_splits(split_frame, config)
     assert res.best_epoch == 1 and res.epochs_run == 4  # the first epoch, then patience=3 validations
 
@@ -210,7 +221,10 @@ def test_evaluate_cf_seen_and_unseen(split_frame: pd.DataFrame, lightgcn: cf.CFR
     # Seen test: history = train + valid items, so the test item competes with 3 own-group items at most.
     test_inputs = eval_inputs_from_splits(split_frame, "seen", "test")
     direct = evaluate_inputs(
-        test_inputs, user_vectors=lightgcn.user_embeddings[test_inputs.users], item_vectors=lightgcn.item_embeddings, ks=(10, 20)
+        test_inputs,
+        user_vectors=lightgcn.user_embeddings[test_inputs.users],
+        item_vectors=lightgcn.item_embeddings,
+        ks=(10, 20),
     )
     assert results["seen"].metrics == direct.metrics
     valid_table, _ = cf.evaluate_cf(lightgcn, split_frame, split="valid")
@@ -237,7 +251,10 @@ def test_fold_in_scale_calibrates_magnitude_not_ranking(split_frame: pd.DataFram
     ).square().sum()
 
 
-LASTFM_SEQUENCES = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tokenrec_processed" / "LastFM" / "user_sequence.txt"
+LASTFM_SEQUENCES = (
+    Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tokenrec_processed" / "LastFM"
+    / "user_sequence.txt"
+)
 
 
 @pytest.fixture(scope="module")

@@ -91,7 +91,9 @@ def test_vector_mode_matches_score_fn_and_cosine() -> None:
         users, histories, targets, score_fn=lambda ids: torch.stack([by_id[int(i)] for i in ids]) @ item_vecs.T, ks=(5,)
     )
     np.testing.assert_array_equal(dot.n_greater, via_fn.n_greater)
-    cos = evaluate_ranking(users, histories, targets, user_vectors=user_vecs, item_vectors=item_vecs, similarity="cosine", ks=(5,))
+    cos = evaluate_ranking(
+        users, histories, targets, user_vectors=user_vecs, item_vectors=item_vecs, similarity="cosine", ks=(5,)
+    )
     normed = torch.nn.functional.normalize(item_vecs, dim=1)
     cos_ref = evaluate_ranking(users, histories, targets, user_vectors=user_vecs, item_vectors=normed, ks=(5,))
     np.testing.assert_array_equal(cos.n_greater, cos_ref.n_greater)
@@ -135,7 +137,11 @@ def test_target_in_history_is_not_excluded() -> None:
 def test_constant_scores_are_not_a_hit() -> None:
     n_items = 50
     res = evaluate_ranking(
-        np.arange(4), [np.array([0, 1, 2, 3, 4])] * 4, [10, 20, 30, 40], score_fn=lambda u: torch.zeros(len(u), n_items), ks=(10,)
+        np.arange(4),
+        [np.array([0, 1, 2, 3, 4])] * 4,
+        [10, 20, 30, 40],
+        score_fn=lambda u: torch.zeros(len(u), n_items),
+        ks=(10,),
     )
     # The target ties with all 45 candidates: expected HR@10 = 10 / 45, expected rank 22.
     assert res.metrics["HR@10"] == pytest.approx(10 / 45)
@@ -248,7 +254,9 @@ def test_evaluate_inputs_wrapper_and_argument_errors() -> None:
     res = evaluate_inputs(inputs, user_vectors=torch.ones(1, 2), item_vectors=torch.eye(2)[[0, 1, 0]], ks=(1,))
     assert res.n_users == 1
     with pytest.raises(ValueError, match="either|not both"):
-        evaluate_inputs(inputs, score_fn=lambda u: torch.zeros(1, 3), user_vectors=torch.ones(1, 2), item_vectors=torch.ones(3, 2))
+        evaluate_inputs(
+            inputs, score_fn=lambda u: torch.zeros(1, 3), user_vectors=torch.ones(1, 2), item_vectors=torch.ones(3, 2)
+        )
     with pytest.raises(ValueError, match="row i"):
         evaluate_inputs(inputs, user_vectors=torch.ones(5, 2), item_vectors=torch.ones(3, 2))
     with pytest.raises(ValueError, match="target"):

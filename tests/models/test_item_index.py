@@ -185,7 +185,9 @@ def test_ivf_with_few_probes_is_approximate_and_nprobe_matters() -> None:
     queries = rng.normal(size=(50, DIM)).astype(np.float32)
     want_ids, _ = brute_force_top_k(vectors, np.arange(2_000), queries, k=10)
     index = build_item_index(vectors, use_gpu=False, factory="IVF16,Flat", search_params={"nprobe": 1})
-    one_list = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(search(index, queries, k=10)[0], want_ids)])
+    one_list = np.mean(
+        [len(set(a) & set(b)) / 10 for a, b in zip(search(index, queries, k=10)[0], want_ids, strict=True)]
+    )
     set_search_params(index, {"nprobe": 16})
     np.testing.assert_array_equal(search(index, queries, k=10)[0], want_ids)
     assert one_list < 0.9
@@ -206,7 +208,9 @@ def test_adding_items_works_for_every_option(separated, factory, params) -> None
     # Old items are still found exactly.
     queries = _queries_near_centres(2, seed=10)
     all_vectors, all_ids = np.vstack([vectors, new_vectors]), np.concatenate([ids, [900_001, 900_002]])
-    np.testing.assert_array_equal(search(index, queries, k=10)[0], brute_force_top_k(all_vectors, all_ids, queries, 10)[0])
+    np.testing.assert_array_equal(
+        search(index, queries, k=10)[0], brute_force_top_k(all_vectors, all_ids, queries, 10)[0]
+    )
 
 
 @pytest.mark.parametrize(("factory", "params"), OPTIONS[:2])
@@ -272,7 +276,9 @@ def test_bad_factory_and_search_params_name_the_parameter(separated) -> None:
         build_item_index(vectors, ids, use_gpu=False, factory="IVFx")
     with pytest.raises(ValueError, match=r"indexing\.faiss_factory"):
         build_item_index(vectors, ids, use_gpu=False, factory="")
-    with pytest.raises(ValueError, match=r"indexing\.faiss_factory='IVF1024,Flat' trains 1024 .* only 320 item vectors"):
+    with pytest.raises(
+        ValueError, match=r"indexing\.faiss_factory='IVF1024,Flat' trains 1024 .* only 320 item vectors"
+    ):
         build_item_index(vectors, ids, use_gpu=False, factory="IVF1024,Flat")
     with pytest.raises(ValueError, match=r"indexing\.search_params\.nprob"):
         build_item_index(vectors, ids, use_gpu=False, factory="IVF8,Flat", search_params={"nprob": 4})

@@ -50,7 +50,7 @@ def planted_sequences(seed: int = 0, n_seen: int = 130, n_unseen: int = 20) -> p
             names = ["train"] * (length - 2) + ["valid", "test"]
         else:
             names = ["unseen_history"] * (length - 1) + ["unseen_test"]
-        rows += [(user, i, t, name) for t, (i, name) in enumerate(zip(seq, names))]
+        rows += [(user, i, t, name) for t, (i, name) in enumerate(zip(seq, names, strict=True))]
     return pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "split"])
 
 
@@ -68,7 +68,7 @@ def test_training_windows_cover_every_transition_once():
     assert windows.tolist() == [[4, 5, 6, 7], [1, 2, 3, 4]]  # the 1-item sequence gives none
     inputs, targets = windows[:, :-1], windows[:, 1:]
     keep = (inputs != 0) & (targets != 0)
-    assert sorted(zip(inputs[keep].tolist(), targets[keep].tolist())) == [(t, t + 1) for t in range(1, 7)]
+    assert sorted(zip(inputs[keep].tolist(), targets[keep].tolist(), strict=True)) == [(t, t + 1) for t in range(1, 7)]
     # BERT4Rec: non-overlapping windows, every item exactly once.
     windows = sq.training_windows([np.arange(7)], 1, 4)
     assert windows.tolist() == [[4, 5, 6, 7], [0, 1, 2, 3]]

@@ -42,7 +42,9 @@ def test_per_user_metrics_by_hand():
     table = per_user_metrics(_ranks()[lambda f: f["model"] == "lightgcn"], ["HR@20", "NDCG@20", "HR@5"])
     assert table["HR@20"].tolist() == [1, 1, 1, 0, 1, 0]
     assert table["HR@5"].tolist() == [1, 1, 1, 0, 0, 0]
-    assert table["NDCG@20"].tolist() == pytest.approx([1 / math.log2(4), 1.0, 1 / math.log2(6), 0, 1 / math.log2(11), 0])
+    assert table["NDCG@20"].tolist() == pytest.approx(
+        [1 / math.log2(4), 1.0, 1 / math.log2(6), 0, 1 / math.log2(11), 0]
+    )
 
 
 def test_per_user_metrics_use_the_tie_rule_when_counts_are_given():
@@ -57,7 +59,9 @@ def test_per_user_metrics_use_the_tie_rule_when_counts_are_given():
 def test_tables_with_and_without_tie_counts_mix_row_by_row():
     exact = pd.DataFrame({"model": ["pop"], "split": ["test"], "user_group": ["seen"], "user_id": [0],
                           "rank": [19.5], "n_greater": [18], "n_tied": [3]})
-    untied = pd.DataFrame({"model": ["sasrec"], "split": ["test"], "user_group": ["seen"], "user_id": [0], "rank": [19.0]})
+    untied = pd.DataFrame(
+        {"model": ["sasrec"], "split": ["test"], "user_group": ["seen"], "user_id": [0], "rank": [19.0]}
+    )
     table = per_user_metrics(pd.concat([exact, untied], ignore_index=True), ["HR@20"])
     assert table["HR@20"].tolist() == [0.5, 1.0]
 
@@ -73,7 +77,9 @@ def test_paired_wilcoxon_and_t_test_match_a_hand_computation():
     signed_ranks[order] = np.arange(1, len(diff) + 1)
     w_plus = signed_ranks[diff > 0].sum()
     w = min(w_plus, signed_ranks.sum() - w_plus)
-    all_w_plus = [sum(r for r, s in zip(range(1, 7), signs) if s) for signs in itertools.product([0, 1], repeat=6)]
+    all_w_plus = [
+        sum(r for r, s in zip(range(1, 7), signs, strict=True) if s) for signs in itertools.product([0, 1], repeat=6)
+    ]
     p_exact = min(1.0, 2 * sum(x <= w for x in all_w_plus) / 2**6)
     # paired t by hand
     t = diff.mean() / (diff.std(ddof=1) / math.sqrt(len(diff)))

@@ -426,7 +426,7 @@ def test_reseeding_from_a_shared_quantisation_pass_equals_recomputing(quantizer:
     torch.manual_seed(1)
     shared = reseed_dead_codewords(twin, x_t, noise=0.01, quantized=quantize_all(twin, x_t))
     assert reference == shared == 3 * 8
-    for ours, expected in zip(twin.codebooks, model.codebooks):
+    for ours, expected in zip(twin.codebooks, model.codebooks, strict=True):
         assert torch.equal(ours.weight, expected.weight)
 
 

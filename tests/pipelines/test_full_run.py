@@ -13,7 +13,6 @@ from tokenrec_pipeline.reporting import METRIC_NAME_PATTERN
 from tokenrec_pipeline.run_summary import HEADLINE_METRICS
 
 
-
 @pytest.mark.slow
 def test_full_pipeline_produces_every_row_and_one_mlflow_run(tiny_full_run):
     kedro_project = tiny_full_run

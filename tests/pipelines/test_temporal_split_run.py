@@ -14,7 +14,8 @@ def test_full_pipeline_with_global_temporal_split(kedro_project):
     # The default synthetic log spreads user start days over a year with ~24-day lives, so few users span
     # global cut-offs; a short time span gives every window users (see README, global temporal split).
     tiny_ingestion = {"synthetic": {**TINY["ingestion"]["synthetic"], "time_span_days": 20}}
-    params = {**TINY, "ingestion": tiny_ingestion, "preprocessing": {"split_strategy": "global_temporal", "temporal_cutoffs": [0.6, 0.8]},
+    params = {**TINY, "ingestion": tiny_ingestion,
+              "preprocessing": {"split_strategy": "global_temporal", "temporal_cutoffs": [0.6, 0.8]},
               "evaluation": {**TINY["evaluation"], "significance": {"n_resamples": 200}},
               "baselines": {**TINY["baselines"], "enabled": "pop lightgcn"}}
     run_kedro(kedro_project, ["full"], params)
@@ -33,7 +34,9 @@ def test_full_pipeline_with_global_temporal_split(kedro_project):
 
     significance = pd.read_csv(kedro_project / "data/08_reporting/evaluation_significance.csv")
     tested = significance.dropna(subset=["p_wilcoxon"])
-    assert set(tested["model"]) == {"pop", "lightgcn"} | set(tested["model"][tested["model"].str.startswith("tokenrec")])
+    assert set(tested["model"]) == (
+        {"pop", "lightgcn"} | set(tested["model"][tested["model"].str.startswith("tokenrec")])
+    )
     assert tested["p_wilcoxon"].between(0, 1).all()
     assert (significance["ci_low"] <= significance["value"] + 1e-12).all()
     markdown = (kedro_project / "data/08_reporting/evaluation_metrics.md").read_text()

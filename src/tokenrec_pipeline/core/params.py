@@ -36,7 +36,9 @@ def resolve_device(device: str | torch.device | None = None, parameter: str = "d
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(f"{parameter}: {device!r} is not a torch device ({err}); use 'auto', 'cpu' or 'cuda'.") from err
+        raise ValueError(
+            f"{parameter}: {device!r} is not a torch device ({err}); use 'auto', 'cpu' or 'cuda'."
+        ) from err
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"{parameter}: {device!r} requested but CUDA is not available; use 'auto' or 'cpu'.")
     return resolved

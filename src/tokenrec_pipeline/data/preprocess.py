@@ -190,7 +190,9 @@ def split_leave_one_out(
     return out, user_map, item_map
 
 
-def temporal_cutoffs(timestamps: np.ndarray | pd.Series, quantiles: tuple[float, float] | list[float]) -> tuple[float, float]:
+def temporal_cutoffs(
+    timestamps: np.ndarray | pd.Series, quantiles: tuple[float, float] | list[float]
+) -> tuple[float, float]:
     """The two global cut-offs ``(c1, c2)``: the given quantiles of all timestamps.
 
     Raises when the quantiles are not ``0 < q1 < q2 < 1`` or when ties make a window empty.
@@ -238,7 +240,9 @@ def split_global_temporal(
     # Integer user codes: per-user flags by bincount, no string comparisons over rows.
     codes, labels = pd.factorize(frame["user"])
     first_in_window = pd.Series(window).groupby(codes * 3 + window, sort=False).cumcount().to_numpy() == 0
-    has_train_u, has_valid_u, has_test_u = (np.bincount(codes[window == w], minlength=len(labels)) > 0 for w in range(3))
+    has_train_u, has_valid_u, has_test_u = (
+        np.bincount(codes[window == w], minlength=len(labels)) > 0 for w in range(3)
+    )
     # A user with a test row has a row before it unless every row is in the test window.
     candidates = _sorted_unique(pd.Series(labels[has_test_u & (has_train_u | has_valid_u)]))
     unseen_users = candidates[_draw_unseen(candidates, unseen_user_fraction, seed)]
@@ -329,7 +333,9 @@ def check_split_integrity(split: pd.DataFrame, strategy: str = "leave_one_out") 
     middle = ts[np.isin(kind, ["valid", "test_history"])]
     tests = ts[np.isin(kind, ["test", "unseen_test"])]
     if len(middle) and len(tests) and middle.max() >= tests.min():
-        raise PreprocessingError("Leakage: a validation-window row is not earlier than some test target (global_temporal).")
+        raise PreprocessingError(
+            "Leakage: a validation-window row is not earlier than some test target (global_temporal)."
+        )
     users_with_test = set(split.loc[split["split"].isin(["test", "unseen_test"]), "user_id"])
     if not set(last.loc[last["split"].isin(["test", "unseen_test"]), "user_id"]) == users_with_test:
         raise PreprocessingError("Split error: some user has rows after their test target.")

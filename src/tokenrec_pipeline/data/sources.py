@@ -131,7 +131,7 @@ def _bad_timestamps(values: pd.Series, bad: pd.Series, source: str, column: str,
     rows = values[bad]
     quoted = ", ".join(
         f"line {line}: {'empty' if _blank(pd.Series([value])).item() else repr(value)}"
-        for line, value in zip(_line_numbers(rows, first_line), rows.head(MAX_REPORTED_LINES))
+        for line, value in zip(_line_numbers(rows, first_line), rows.head(MAX_REPORTED_LINES), strict=True)
     )
     return DataSourceError(
         f"{source}: column {column!r} has {int(bad.sum())} unparsable timestamp(s) out of {len(values)} ({quoted}"
@@ -293,7 +293,7 @@ def _refuse_repeated_users(path: Path, users: list[str], line_numbers: list[int]
     """A user on two lines of a sequence file has two histories whose order nobody knows: refuse it."""
     first_line: dict[str, int] = {}
     repeated: dict[str, list[int]] = {}
-    for user, line in zip(users, line_numbers):
+    for user, line in zip(users, line_numbers, strict=True):
         if user in first_line:
             repeated.setdefault(user, [first_line[user]]).append(line)
         else:

@@ -49,7 +49,7 @@ class SyntheticConfig:
     time_span_days: int = 730
 
     @classmethod
-    def from_params(cls, params: dict | None) -> "SyntheticConfig":
+    def from_params(cls, params: dict | None) -> SyntheticConfig:
         """Build from a parameters dict, naming any unknown or invalid key."""
         params = dict(params or {})
         known = {f.name for f in fields(cls)}
@@ -87,7 +87,7 @@ def _draw_from_groups(
 ) -> np.ndarray:
     """Draw one item per entry of ``groups`` (vectorised per group, not per row)."""
     items = np.empty(len(groups), dtype=np.int64)
-    for group, (cdf, members) in enumerate(zip(cdf_by_group, items_by_group)):
+    for group, (cdf, members) in enumerate(zip(cdf_by_group, items_by_group, strict=True)):
         rows = np.flatnonzero(groups == group)
         if rows.size:
             picks = np.searchsorted(cdf, rng.random(rows.size) * cdf[-1], side="right")

@@ -32,7 +32,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -51,8 +51,9 @@ only test-time input, written by the global temporal split)."""
 ScoreFn = Callable[[Tensor], Tensor]
 """``score_fn(user_ids: LongTensor (B,)) -> scores (B, n_items)``; higher is better."""
 
-Histories = Union[tuple[np.ndarray, np.ndarray], Sequence[np.ndarray]]
-"""Either a CSR tuple ``(indptr, indices)`` (row i = ``indices[indptr[i]:indptr[i+1]]``) or a list with one item array per user."""
+Histories = tuple[np.ndarray, np.ndarray] | Sequence[np.ndarray]
+"""Either a CSR tuple ``(indptr, indices)`` (row i = ``indices[indptr[i]:indptr[i+1]]``) or a list with one
+item array per user."""
 
 Similarity = Literal["dot", "cosine"]
 
@@ -89,7 +90,9 @@ class EvalInputs:
         return len(self.users)
 
     @classmethod
-    def from_arrays(cls, users: np.ndarray | Sequence[int], histories: Histories, targets: np.ndarray | Sequence[int]) -> EvalInputs:
+    def from_arrays(
+        cls, users: np.ndarray | Sequence[int], histories: Histories, targets: np.ndarray | Sequence[int]
+    ) -> EvalInputs:
         """Build from a user array, histories (CSR pair or list of arrays) and a target array."""
         users_arr = np.asarray(users, dtype=np.int64)
         indptr, indices = histories_to_csr(histories, len(users_arr))
@@ -105,7 +108,13 @@ def histories_to_csr(histories: Histories, n_rows: int) -> tuple[np.ndarray, np.
     if isinstance(histories, tuple) and len(histories) == 2:
         indptr = np.asarray(histories[0], dtype=np.int64)
         indices = np.asarray(histories[1], dtype=np.int64)
-        if indptr.ndim != 1 or len(indptr) != n_rows + 1 or indptr[0] != 0 or indptr[-1] != len(indices) or np.any(np.diff(indptr) < 0):
+        if (
+            indptr.ndim != 1
+            or len(indptr) != n_rows + 1
+            or indptr[0] != 0
+            or indptr[-1] != len(indices)
+            or np.any(np.diff(indptr) < 0)
+        ):
             raise ValueError(
                 f"histories given as a tuple are read as CSR (indptr, indices): indptr must start at 0, be "
                 f"non-decreasing, have length n_users + 1 = {n_rows + 1} and end at len(indices). "
@@ -191,7 +200,9 @@ def eval_inputs_from_splits(
         target_split = stage
     elif user_group == "unseen":
         if stage != "test":
-            raise ValueError("unseen users have only a test target (model selection uses seen users' valid items); use stage='test'.")
+            raise ValueError(
+                "unseen users have only a test target (model selection uses seen users' valid items); use stage='test'."
+            )
         history_splits, target_split = ["unseen_history"], "unseen_test"
     else:
         raise ValueError(f"user_group must be 'seen' or 'unseen', got {user_group!r}.")
@@ -551,7 +562,9 @@ def ranks_to_frame(results: Mapping[str, RankingResult], *, model: str, split: s
 
 def metrics_wide(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, split, user_group), one column per metric (HR@10, NDCG@10, HR@20, ...)."""
-    wide = frame.pivot_table(index=["model", "split", "user_group", "n_users"], columns="metric", values="value", sort=False)
+    wide = frame.pivot_table(
+        index=["model", "split", "user_group", "n_users"], columns="metric", values="value", sort=False
+    )
     ordered = sorted(wide.columns, key=lambda m: (int(m.split("@")[1]), m.split("@")[0] != "HR"))
     return wide[ordered].reset_index().rename_axis(columns=None)
 

@@ -244,7 +244,8 @@ def set_search_params(index: ItemIndex, search_params: dict[str, Any] | None) ->
     The values are stored on the faiss index itself, so :func:`save_item_index` keeps them.
 
     Raises:
-        ValueError: An unknown key or a value that is not a positive integer (named as ``indexing.search_params.<key>``).
+        ValueError: An unknown key or a value that is not a positive integer (named as
+            ``indexing.search_params.<key>``).
     """
     params = dict(search_params or {})
     for name, value in params.items():
@@ -457,7 +458,9 @@ def load_item_index(
         # read_index returns the most derived Python proxy; downcast covers older faiss builds.
         loaded = faiss.downcast_index(loaded)
     if not isinstance(loaded, faiss.IndexIDMap2) or loaded.metric_type != faiss.METRIC_INNER_PRODUCT:
-        raise ValueError(f"{source} is not an item index written by save_item_index (IDMap2 over an inner-product index).")
+        raise ValueError(
+            f"{source} is not an item index written by save_item_index (IDMap2 over an inner-product index)."
+        )
     ivf = _ivf_of(loaded)
     if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
         ivf.make_direct_map()  # files written by other tools: needed to read vectors back

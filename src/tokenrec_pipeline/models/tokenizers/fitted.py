@@ -75,7 +75,9 @@ class FittedTokenizer:
     @token_prefix.setter
     def token_prefix(self, prefix: str) -> None:
         if not isinstance(prefix, str) or not prefix.isalnum():
-            raise ValueError(f"tokenizer.<side>.token_prefix must be letters/digits such as 'u' or 'i', got {prefix!r}.")
+            raise ValueError(
+                f"tokenizer.<side>.token_prefix must be letters/digits such as 'u' or 'i', got {prefix!r}."
+            )
         self._token_prefix = prefix
 
     def __repr__(self) -> str:

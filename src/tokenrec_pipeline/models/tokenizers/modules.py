@@ -205,7 +205,7 @@ class TokenizerModel(nn.Module):
 
     def _quantize_each(self, latents: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Quantise ``latents[:, k]`` with codebook k, independently: ``(B, K, D)`` -> triple."""
-        codes, words = zip(*(cb(latents[:, k]) for k, cb in enumerate(self.codebooks)))
+        codes, words = zip(*(cb(latents[:, k]) for k, cb in enumerate(self.codebooks)), strict=True)
         return latents, torch.stack(codes, dim=1), torch.stack(words, dim=1)
 
 

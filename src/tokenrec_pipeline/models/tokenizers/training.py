@@ -85,7 +85,7 @@ def quantize_all(model: TokenizerModel, x: Tensor) -> tuple[Tensor, Tensor, Tens
     model.eval()
     parts = [model.quantize(x[i : i + _EVAL_BATCH]) for i in range(0, x.shape[0], _EVAL_BATCH)]
     model.train(was_training)
-    return tuple(torch.cat(p, dim=0) for p in zip(*parts))  # type: ignore[return-value]
+    return tuple(torch.cat(p, dim=0) for p in zip(*parts, strict=True))  # type: ignore[return-value]
 
 
 @torch.no_grad()

@@ -34,5 +34,6 @@ def build_prompts(interactions_split: pd.DataFrame, user_tokens: pd.DataFrame, i
     fold_in_train = with_row_user_tokens(train, token_of_user, folded)
     changed = float((fold_in_train["prompt"] != train["prompt"]).mean())
     logger.info("Prompts: %d train (%.0f%% with other user tokens when folded in from the prefix), %d valid, "
-                "%d test. Example: %s", len(train), 100 * changed, len(valid), len(test), train["prompt"].iloc[-1][:200])
+                "%d test. Example: %s", len(train), 100 * changed, len(valid), len(test),
+                train["prompt"].iloc[-1][:200])
     return train, fold_in_train, valid, test

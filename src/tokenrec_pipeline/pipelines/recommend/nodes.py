@@ -75,15 +75,17 @@ def recommend_items(llm4rec_model: LLM4Rec, item_index: ItemIndex, recommendatio
                            [list(h) for h in recommendation_prompts["history"]], k)
     original = item_map.set_index("item_id")["original_item"].astype(str)
     rows = [
-        {"request_id": req, "user": user if isinstance(user, str) else "", "rank": rank + 1, "item_id": int(item), "item": original.get(int(item)),
-         "score": float(score)}
+        {"request_id": req, "user": user if isinstance(user, str) else "", "rank": rank + 1, "item_id": int(item),
+         "item": original.get(int(item)), "score": float(score)}
         for req, user, item_row, score_row in zip(recommendation_prompts["request_id"], recommendation_prompts["user"],
-                                                  ids, scores)
-        for rank, (item, score) in enumerate(zip(item_row, score_row)) if item >= 0
+                                                  ids, scores, strict=True)
+        for rank, (item, score) in enumerate(zip(item_row, score_row, strict=True)) if item >= 0
     ]
     table = pd.DataFrame(rows, columns=["request_id", "user", "rank", "item_id", "item", "score"])
     for req, part in table.groupby("request_id", sort=False):
-        logger.info("%s -> %s", req, ", ".join(f"{i} ({s:.3f})" for i, s in zip(part["item"], part["score"])))
+        logger.info(
+            "%s -> %s", req, ", ".join(f"{i} ({s:.3f})" for i, s in zip(part["item"], part["score"], strict=True))
+        )
     return table
 
 
@@ -120,5 +122,9 @@ def add_items_to_catalogue(new_item_interactions: pd.DataFrame, item_index: Item
     new_tokens.insert(0, "id", new_ids)
     new_tokens["tokens"] = tokens
     new_map = pd.DataFrame({"item_id": new_ids, "original_item": new_items, "train_count": 0})
-    logger.info("Added %d new item(s) to the index: %s", len(new_items), dict(zip(new_items, tokens)))
-    return index, pd.concat([item_map, new_map], ignore_index=True), pd.concat([item_tokens, new_tokens], ignore_index=True)
+    logger.info("Added %d new item(s) to the index: %s", len(new_items), dict(zip(new_items, tokens, strict=True)))
+    return (
+        index,
+        pd.concat([item_map, new_map], ignore_index=True),
+        pd.concat([item_tokens, new_tokens], ignore_index=True),
+    )

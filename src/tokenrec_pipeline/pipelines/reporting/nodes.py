@@ -34,7 +34,9 @@ def plot_tokenizer_diagnostics(tokenizer_diagnostics: pd.DataFrame) -> go.Figure
 
 def _item_embeddings(cf_embeddings: dict) -> np.ndarray:
     if not cf_embeddings or "item_embeddings" not in cf_embeddings:
-        raise MissingTableError(f"'cf_embeddings' has no 'item_embeddings' tensor (it has {sorted(cf_embeddings or {})}).")
+        raise MissingTableError(
+            f"'cf_embeddings' has no 'item_embeddings' tensor (it has {sorted(cf_embeddings or {})})."
+        )
     return cf_embeddings["item_embeddings"].detach().cpu().numpy()
 
 
