@@ -7,8 +7,9 @@
 Reads ``tokenrec_processed/<Name>/user_sequence.txt`` and applies docs/DESIGN.md's protocol with the
 project's own functions: implicit feedback, iterative 5-core, chronological leave-one-out with a
 seeded unseen-user holdout (``--unseen-fraction``, default 10%; ``0`` = all users seen, the setting
-of docs/BENCHMARKS.md). Trains MF and LightGCN with ``conf/base/parameters_cf_pretraining.yml``'s values
-(any of them overridable here), early-stopped on the seen users' validation NDCG@20, and prints test
+of docs/BENCHMARKS.md). Trains MF with ``baselines.mf`` (``conf/base/parameters_baselines.yml``) and LightGCN
+with ``cf_pretraining.lightgcn`` (``conf/base/parameters_cf_pretraining.yml``, whose ``cf_pretraining.fold_in``
+folds the unseen users in), any of them overridable here, early-stopped on the seen users' validation NDCG@20, and prints test
 HR/NDCG@10/20/30 of the selected epoch for seen users and, through fold-in, for unseen users, with
 wall time, best epoch and epochs run per model. Every printed figure is computed in this run.
 """
@@ -29,42 +30,58 @@ import yaml
 from benchmarks import apply_set_overrides
 from tokenrec_pipeline.data.preprocess import filter_k_core, split_leave_one_out, to_implicit_feedback
 from tokenrec_pipeline.data.sources import read_sequences
+from tokenrec_pipeline.evaluation.ranking import metrics_wide
 from tokenrec_pipeline.models.cf import CFConfig, evaluate_cf, evaluate_pop, train_cf_from_splits
-from tokenrec_pipeline.models.evaluation import metrics_wide
 
 DATASETS = {"lastfm": "LastFM", "beauty": "Beauty"}
 METRICS = ("HR@10", "HR@20", "HR@30", "NDCG@10", "NDCG@20", "NDCG@30")
-PARAMS_FILE = Path("conf") / "base" / "parameters_cf_pretraining.yml"
+CONF = Path("conf") / "base"
+# Where each model's settings are: (file under the conf folder, top-level key, key of the model's block).
+MODEL_PARAMS = {"mf": ("parameters_baselines.yml", "baselines", "mf"),
+                "lightgcn": ("parameters_cf_pretraining.yml", "cf_pretraining", "lightgcn")}
+FOLD_IN_PARAMS = ("parameters_cf_pretraining.yml", "cf_pretraining", "fold_in")
 CF_FIELDS = {f.name: f.type for f in fields(CFConfig)}
 SHARED_OVERRIDES = ("epochs", "lr", "lambda_reg", "batch_size", "patience", "eval_every", "embedding_dim",
                     "num_layers", "optimizer", "weight_decay", "device")
 
 
-def _default_params_file() -> Path:
-    """``conf/base/parameters_cf_pretraining.yml`` of the current directory, else of this checkout."""
-    here = Path.cwd() / PARAMS_FILE
-    if here.is_file():
+def _default_conf_dir() -> Path:
+    """``conf/base`` of the current directory, else of this checkout."""
+    here = Path.cwd() / CONF
+    if (here / MODEL_PARAMS["lightgcn"][0]).is_file():
         return here
-    return Path(__file__).resolve().parents[1] / PARAMS_FILE
+    return Path(__file__).resolve().parents[1] / CONF
+
+
+def _yaml_section(path: Path, key: str) -> dict:
+    """The top-level ``key`` block of the YAML file ``path`` (exits with a message when either is missing)."""
+    if not path.is_file():
+        sys.exit(f"error: {path} not found; run from the project root or pass --conf-dir.")
+    with open(path, encoding="utf-8") as handle:
+        section = (yaml.safe_load(handle) or {}).get(key)
+    if not isinstance(section, dict):
+        sys.exit(f"error: {path} has no '{key}' section.")
+    return section
 
 
 def load_model_configs(args: argparse.Namespace) -> tuple[dict[str, dict], str]:
-    """Per model (``mf``, ``lightgcn``) the CFConfig kwargs: YAML defaults < shared flags < ``--set``."""
-    path = args.params_file or _default_params_file()
-    if not path.is_file():
-        sys.exit(f"error: {path} not found; run from the project root or pass --params-file.")
-    with open(path, encoding="utf-8") as handle:
-        params = (yaml.safe_load(handle) or {}).get("cf_pretraining", {})
-    fold_in = args.fold_in or params.get("fold_in", "symmetric")
+    """Per model (``mf``, ``lightgcn``) the CFConfig kwargs: YAML defaults < shared flags < ``--set``.
+
+    ``baselines.mf`` (``parameters_baselines.yml``) and ``cf_pretraining.lightgcn`` (``parameters_cf_pretraining.yml``),
+    as the ``baselines`` and ``cf_pretraining`` stages read them; the fold-in rule is ``cf_pretraining.fold_in``."""
+    conf_dir = args.conf_dir or _default_conf_dir()
+    file, key, _ = FOLD_IN_PARAMS
+    fold_in = args.fold_in or _yaml_section(conf_dir / file, key).get("fold_in", "symmetric")
     configs = {}
-    for model in ("mf", "lightgcn"):
-        if model not in params:
-            sys.exit(f"error: {path} has no cf_pretraining.{model} section.")
-        cfg = {k: v for k, v in params[model].items() if k in CF_FIELDS}
-        for key in SHARED_OVERRIDES:
-            value = getattr(args, key, None)
+    for model, (file, key, block) in MODEL_PARAMS.items():
+        params = _yaml_section(conf_dir / file, key)
+        if not isinstance(params.get(block), dict):
+            sys.exit(f"error: {conf_dir / file} has no {key}.{block} section.")
+        cfg = {k: v for k, v in params[block].items() if k in CF_FIELDS}
+        for name in SHARED_OVERRIDES:
+            value = getattr(args, name, None)
             if value is not None:
-                cfg[key] = value
+                cfg[name] = value
         cfg["model"] = model
         configs[model] = cfg
     apply_set_overrides(configs, args.set, CF_FIELDS, "lightgcn.lr=0.005")
@@ -164,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=42, help="split and training seed")
     parser.add_argument("--k-core", type=int, default=5)
     parser.add_argument("--models", nargs="+", choices=["pop", "mf", "lightgcn"], default=["pop", "mf", "lightgcn"])
-    parser.add_argument("--params-file", type=Path, default=None, help=f"default: {PARAMS_FILE}")
+    parser.add_argument("--conf-dir", type=Path, default=None,
+                        help=f"folder of {MODEL_PARAMS['mf'][0]} (baselines.mf) and {MODEL_PARAMS['lightgcn'][0]} "
+                             f"(cf_pretraining.lightgcn, cf_pretraining.fold_in); default: {CONF}")
     parser.add_argument("--fold-in", choices=["symmetric", "mean"], default=None,
                         help="default: cf_pretraining.fold_in")
     group = parser.add_argument_group("overrides for both MF and LightGCN (default: the YAML's values)")
@@ -191,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stdout)
-    logging.getLogger("tokenrec_pipeline.models.evaluation").setLevel(logging.WARNING)  # one line per group: noisy
+    logging.getLogger("tokenrec_pipeline.evaluation.ranking").setLevel(logging.WARNING)  # one line per group: noisy
     configs, fold_in = load_model_configs(args)
     start = time.perf_counter()
     records: list[dict] = []

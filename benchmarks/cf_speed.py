@@ -18,7 +18,7 @@ Per model and code version, each figure is a median over ``--repeats`` interleav
 * ``valid s`` -- one full-ranking validation of every seen user (NDCG@20 for early stopping): the
   version's own validation call on the embeddings of a 1-epoch model.
 
-``--before-ref`` also loads ``models/cf.py`` and ``models/evaluation.py`` as they are at that git
+``--before-ref`` also loads ``models/cf.py`` and ``evaluation/ranking.py`` as they are at that git
 commit (``git show``) into this process and measures them the same way, interleaved with the
 current code, and prints the ratios: same process, same data, same load on the machine.
 
@@ -71,7 +71,7 @@ def _module_from_source(name: str, source: str, path: str) -> types.ModuleType:
 
 
 def load_cf_at_ref(ref: str, repo: Path) -> types.ModuleType:
-    """``models/cf.py`` as of git ``ref``, bound to ``models/evaluation.py`` of the same commit.
+    """``models/cf.py`` as of git ``ref``, bound to ``evaluation/ranking.py`` of the same commit.
 
     The old evaluation module is put in ``sys.modules`` under its real name only while the old
     ``cf`` source executes (so its ``from ... import`` binds the old functions), then restored.
@@ -80,7 +80,7 @@ def load_cf_at_ref(ref: str, repo: Path) -> types.ModuleType:
         return subprocess.run(["git", "-C", str(repo), "show", f"{ref}:src/tokenrec_pipeline/models/{path}"],
                               check=True, capture_output=True, text=True).stdout
 
-    name = "tokenrec_pipeline.models.evaluation"
+    name = "tokenrec_pipeline.evaluation.ranking"
     current = sys.modules[name]
     old_evaluation = _module_from_source(f"_cf_speed_before_{ref}_evaluation", show("evaluation.py"),
                                          f"{ref}:evaluation.py")
@@ -250,8 +250,8 @@ def prepare_data(n_interactions: int, dataset: str | None = None, shared_data: P
     """Train pairs of the seen users, their validation inputs and the sizes: from the synthetic log,
     or from the authors' ``user_sequence.txt`` of ``dataset`` (lastfm | beauty) under ``shared_data``
     through the protocol (5-core, leave-one-out, 10% unseen users, seed 42)."""
+    from tokenrec_pipeline.evaluation.ranking import eval_inputs_from_splits
     from tokenrec_pipeline.models.cf import train_interactions_from_splits
-    from tokenrec_pipeline.models.evaluation import eval_inputs_from_splits
 
     if dataset is None:
         from benchmarks.cost_curves import run_data_stage

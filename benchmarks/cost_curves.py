@@ -134,7 +134,7 @@ def _prompt_tables(split: pd.DataFrame, rng: np.random.Generator) -> tuple[pd.Da
 
 def _build_prompts(split: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame) -> tuple[pd.DataFrame, ...]:
     """The prompting stage's train / valid / test tables (random tokens: its cost does not depend on them)."""
-    from tokenrec_pipeline.prompts import PromptConfig, build_prompt_samples
+    from tokenrec_pipeline.data.prompts import PromptConfig, build_prompt_samples
 
     config = PromptConfig.from_params(_params("prompting"), 42)
     return build_prompt_samples(split, users.set_index("id")["tokens"], items.set_index("id")["tokens"], config)
@@ -212,7 +212,7 @@ def _prepare(stage: str, n_interactions: int) -> tuple[Callable[[], dict], dict]
     if stage == "llm4rec_inference":
         return _llm4rec_inference(split, sizes, rng), sizes
     if stage == "index_query":
-        from tokenrec_pipeline.models.item_index import build_item_index, search
+        from tokenrec_pipeline.evaluation.item_index import build_item_index, search
 
         vectors = _item_vectors(sizes["items"], rng).numpy()
         queries = rng.standard_normal((1000, 64)).astype(np.float32)
@@ -282,7 +282,7 @@ def _llm4rec_step(split: pd.DataFrame, sizes: dict, rng: np.random.Generator) ->
 
 
 def _llm4rec_inference(split: pd.DataFrame, sizes: dict, rng: np.random.Generator) -> Callable[[], dict]:
-    from tokenrec_pipeline.models.item_index import build_item_index
+    from tokenrec_pipeline.evaluation.item_index import build_item_index
     from tokenrec_pipeline.models.tokenrec import retrieve
 
     test = _prompt_tables(split, rng)[2]
@@ -386,7 +386,7 @@ def main() -> None:
         print(RESULT_MARK + json.dumps(run_worker(args.worker, args.sizes[0], args.threads)), flush=True)
         return
 
-    from tokenrec_pipeline.reporting import markdown_table
+    from tokenrec_pipeline.reporting.tables import markdown_table
 
     print(f"Cost curves: sizes {args.sizes} target interactions, {args.threads} thread(s), timeout {args.timeout:.0f}s "
           "per stage and size, one subprocess each", flush=True)

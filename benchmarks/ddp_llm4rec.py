@@ -24,8 +24,8 @@ import pandas as pd
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from tokenrec_pipeline.distributed_train import DistributedSettings, LLM4RecJob, fit_llm4rec, train_distributed
 from tokenrec_pipeline.models.llm4rec import LLM4RecConfig, TrainConfig, minilm_model_dir
+from tokenrec_pipeline.training.distributed import DistributedSettings, LLM4RecJob, fit_llm4rec, train_distributed
 
 N_ITEMS, CF_DIM, CODES, K = 40, 32, 8, 3
 

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tokenrec_pipeline.evaluation.item_index import build_item_index, search
 from tokenrec_pipeline.models.autoregressive import (
     AutoregressiveConfig,
     AutoregressiveRecommender,
@@ -50,7 +51,6 @@ from tokenrec_pipeline.models.autoregressive import (
     build_autoregressive,
     ranked_items,
 )
-from tokenrec_pipeline.models.item_index import build_item_index, search
 from tokenrec_pipeline.models.llm4rec import (
     DEFAULT_BACKBONE,
     LLM4RecConfig,

@@ -34,8 +34,8 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from tokenrec_pipeline.models.item_index import ItemIndex, build_item_index, search, set_search_params
-from tokenrec_pipeline.reporting import markdown_table
+from tokenrec_pipeline.evaluation.item_index import ItemIndex, build_item_index, search, set_search_params
+from tokenrec_pipeline.reporting.tables import markdown_table
 
 # (factory, search parameter name, values): each index is built once and searched at every value.
 DEFAULT_OPTIONS: list[tuple[str, str | None, list[int]]] = [

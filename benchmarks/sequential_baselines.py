@@ -33,8 +33,8 @@ from benchmarks.cf_baselines import DATASETS as SEQUENCE_DATASETS
 from benchmarks.cf_baselines import prepare as prepare_sequences
 from tokenrec_pipeline.data.preprocess import filter_k_core, split_leave_one_out, to_implicit_feedback
 from tokenrec_pipeline.data.sources import read_recbole_inter
+from tokenrec_pipeline.evaluation.ranking import metrics_wide
 from tokenrec_pipeline.models.cf import evaluate_pop
-from tokenrec_pipeline.models.evaluation import metrics_wide
 from tokenrec_pipeline.models.sequential import SequentialConfig, evaluate_sequential, train_sequential_from_splits
 
 DATASETS = (*SEQUENCE_DATASETS, "ml-100k")
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stdout)
-    logging.getLogger("tokenrec_pipeline.models.evaluation").setLevel(logging.WARNING)
+    logging.getLogger("tokenrec_pipeline.evaluation.ranking").setLevel(logging.WARNING)
     logging.getLogger("tokenrec_pipeline.models.sequential").setLevel(logging.DEBUG)  # one line per epoch
     configs = load_configs(args)
     start = time.perf_counter()

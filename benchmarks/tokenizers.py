@@ -43,8 +43,8 @@ import yaml
 
 from tokenrec_pipeline.data.preprocess import filter_k_core, split_leave_one_out, to_implicit_feedback
 from tokenrec_pipeline.data.sources import read_sequences
+from tokenrec_pipeline.evaluation.ranking import eval_inputs_from_splits
 from tokenrec_pipeline.models.cf import CFConfig, train_cf_from_splits
-from tokenrec_pipeline.models.evaluation import eval_inputs_from_splits
 from tokenrec_pipeline.models.tokenizers import (
     QUANTIZERS,
     TokenizerConfig,
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
 
     faiss.omp_set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    logging.getLogger("tokenrec_pipeline.models.evaluation").setLevel(logging.WARNING)
+    logging.getLogger("tokenrec_pipeline.evaluation.ranking").setLevel(logging.WARNING)
     conf_dir = _conf_dir(args.conf_dir)
     start = time.perf_counter()
     records: list[dict] = []

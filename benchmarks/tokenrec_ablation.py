@@ -41,8 +41,8 @@ from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from tokenrec_pipeline.datasets import RawDataDirectory
-from tokenrec_pipeline.models.evaluation import metrics_wide
+from tokenrec_pipeline.evaluation.ranking import metrics_wide
+from tokenrec_pipeline.io.datasets import RawDataDirectory
 from tokenrec_pipeline.models.tokenrec import evaluate_prompt_variants
 from tokenrec_pipeline.pipelines import cf_pretraining, ingestion, preprocessing, prompting, tokenization
 from tokenrec_pipeline.pipelines.llm4rec.nodes import resolve_recipe, train_recipe

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tokenrec_pipeline.artefact_manifest import (
+from tokenrec_pipeline.io.artefact_manifest import (
     ArtefactManifest,
     StaleArtefactsError,
     content_sha256,

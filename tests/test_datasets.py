@@ -7,7 +7,7 @@ import pytest
 import torch
 from kedro.io import DatasetError
 
-from tokenrec_pipeline.datasets import AtomicParquetDataset, ModelDirectoryDataset, SafetensorsDataset, SkippedModel
+from tokenrec_pipeline.io.datasets import AtomicParquetDataset, ModelDirectoryDataset, SafetensorsDataset, SkippedModel
 
 
 def test_failed_parquet_save_keeps_previous_file(tmp_path):

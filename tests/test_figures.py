@@ -1,4 +1,4 @@
-"""Figure builders (tokenrec_pipeline.figures) and reporting nodes on tiny tables."""
+"""Figure builders (tokenrec_pipeline.reporting.figures) and reporting nodes on tiny tables."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from tokenrec_pipeline.figures import (
+from tokenrec_pipeline.pipelines.reporting.nodes import (
+    plot_items_by_popularity,
+    plot_metrics_by_model,
+    plot_training_curves,
+)
+from tokenrec_pipeline.reporting.figures import (
     MissingTableError,
     item_projection_by_first_token,
     item_projection_by_popularity,
@@ -16,11 +21,6 @@ from tokenrec_pipeline.figures import (
     pca_2d,
     tokenizer_diagnostics_figure,
     training_curves_figure,
-)
-from tokenrec_pipeline.pipelines.reporting.nodes import (
-    plot_items_by_popularity,
-    plot_metrics_by_model,
-    plot_training_curves,
 )
 
 METRICS = ["HR@10", "HR@20", "HR@30", "NDCG@10", "NDCG@20", "NDCG@30"]
@@ -185,7 +185,7 @@ def test_projection_by_popularity_node_colours_items_by_training_count_with_a_co
 
 
 def test_figure_datasets_save_atomically_and_preview(tmp_path):
-    from tokenrec_pipeline.datasets import AtomicMatplotlibDataset, AtomicPlotlyJSONDataset
+    from tokenrec_pipeline.io.datasets import AtomicMatplotlibDataset, AtomicPlotlyJSONDataset
 
     plotly_file, png_file = tmp_path / "figures" / "metrics.json", tmp_path / "figures" / "items.png"
     AtomicPlotlyJSONDataset(filepath=str(plotly_file)).save(metrics_by_model_figure(_metrics_table()))

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tokenrec_pipeline.paper_reference import (
+from tokenrec_pipeline.reporting.paper_reference import (
     REFERENCE_FILE,
     PaperReferenceError,
     check_paper_reference,

@@ -25,8 +25,8 @@ import pytest
 import yaml
 
 from tests.conftest import PROJECT_ROOT
+from tokenrec_pipeline.data.prompts import PromptConfig
 from tokenrec_pipeline.data.synthetic import SyntheticConfig
-from tokenrec_pipeline.distributed_train import DistributedSettings
 from tokenrec_pipeline.models.autoregressive import AutoregressiveConfig, AutoregressiveTrainConfig
 from tokenrec_pipeline.models.autoregressive.config import SAVED_CONFIG_DEFAULTS as AUTOREGRESSIVE_SAVED
 from tokenrec_pipeline.models.cf import CFConfig
@@ -37,7 +37,7 @@ from tokenrec_pipeline.models.tokenizers import TokenizerConfig
 from tokenrec_pipeline.pipelines.autoregressive.nodes import SHARED_MODEL_KEYS
 from tokenrec_pipeline.pipelines.llm4rec.nodes import resolve_recipe, select_training_prompts
 from tokenrec_pipeline.pipelines.tokenization.nodes import SIDES, side_tokenizer_config
-from tokenrec_pipeline.prompts import PromptConfig
+from tokenrec_pipeline.training.distributed import DistributedSettings
 
 CONF = PROJECT_ROOT / "conf" / "base"
 

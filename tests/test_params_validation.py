@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests.conftest import PROJECT_ROOT, TINY
-from tokenrec_pipeline.params_validation import (
+from tokenrec_pipeline.hooks.params_validation import (
     INFERENCE_PRECISIONS,
     PRECISIONS,
     ParameterError,

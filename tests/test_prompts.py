@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tokenrec_pipeline.prompts import PromptConfig, PromptConfigError, build_prompt_samples, render_prompt
+from tokenrec_pipeline.data.prompts import PromptConfig, PromptConfigError, build_prompt_samples, render_prompt
 
 TEMPLATES = ["User {user} had {history}. Next?", "Recommend to {user}."]
 
@@ -120,7 +120,7 @@ def test_fold_in_train_prompts_never_see_the_target_or_later_items():
 
 
 def test_validation_subsample_is_seeded_and_keeps_whole_users() -> None:
-    from tokenrec_pipeline.prompts import sample_prompt_users
+    from tokenrec_pipeline.data.prompts import sample_prompt_users
 
     prompts = pd.DataFrame({"user_id": np.repeat(np.arange(50), 2), "prompt": [f"p{i}" for i in range(100)]})
     first = sample_prompt_users(prompts, 10, seed=3, parameter="llm4rec.validation.max_users")

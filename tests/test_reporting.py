@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from tokenrec_pipeline.reporting import history_to_mlflow, markdown_table, metrics_table_to_mlflow
+from tokenrec_pipeline.reporting.tables import history_to_mlflow, markdown_table, metrics_table_to_mlflow
 
 VALID_MLFLOW_NAME = re.compile(r"^[\w\-. /]+$")
 

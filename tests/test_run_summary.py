@@ -7,9 +7,8 @@ import math
 import pandas as pd
 import pytest
 
-from tokenrec_pipeline.figures import quantizer_comparison_figure
-from tokenrec_pipeline.reporting import METRIC_NAME_PATTERN
-from tokenrec_pipeline.run_summary import (
+from tokenrec_pipeline.reporting.figures import quantizer_comparison_figure
+from tokenrec_pipeline.reporting.run_summary import (
     HEADLINE_METRICS,
     best_baseline,
     headline_table,
@@ -17,6 +16,7 @@ from tokenrec_pipeline.run_summary import (
     headlines_from_runs,
     quantizer_comparison,
 )
+from tokenrec_pipeline.reporting.tables import METRIC_NAME_PATTERN
 
 
 def _long(values: dict[str, float]) -> pd.DataFrame:

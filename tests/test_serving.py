@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tokenrec_pipeline.serving import UnknownIdError, map_history, parse_requests
+from tokenrec_pipeline.serving.recommend import UnknownIdError, map_history, parse_requests
 
 
 def test_requests_from_lists_and_command_line_strings():
@@ -30,7 +30,7 @@ def test_unknown_items_error_or_skip(caplog):
 
 
 def test_request_table_round_trip_and_its_errors():
-    from tokenrec_pipeline.serving import requests_from_frame, requests_to_frame
+    from tokenrec_pipeline.serving.recommend import requests_from_frame, requests_to_frame
 
     requests = parse_requests({"users": "1 u2", "histories": "5 17;8 9"})
     assert requests_from_frame(requests_to_frame(requests)) == requests
@@ -68,8 +68,8 @@ def test_a_served_new_user_gets_the_vector_the_evaluation_scored(fold_in):
     from tokenrec_pipeline.core.baselines import train_cf_model
     from tokenrec_pipeline.data.preprocess import filter_k_core, split_leave_one_out, to_implicit_feedback
     from tokenrec_pipeline.data.synthetic import SyntheticConfig, generate_synthetic_interactions
-    from tokenrec_pipeline.models.evaluation import eval_inputs_from_splits
-    from tokenrec_pipeline.serving import new_user_vectors
+    from tokenrec_pipeline.evaluation.ranking import eval_inputs_from_splits
+    from tokenrec_pipeline.serving.recommend import new_user_vectors
 
     log = generate_synthetic_interactions(SyntheticConfig(n_users=150, n_items=80, n_groups=4), 0)
     core = filter_k_core(to_implicit_feedback(log.astype({"user": str, "item": str})), 5)

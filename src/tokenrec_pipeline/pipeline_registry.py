@@ -5,7 +5,7 @@ from __future__ import annotations
 from kedro.pipeline import Node, Pipeline
 
 from tokenrec_pipeline.core.baselines import baseline_table_models
-from tokenrec_pipeline.mlflow_model import bind_training_to_inference
+from tokenrec_pipeline.io.mlflow_model import bind_training_to_inference
 from tokenrec_pipeline.pipelines import (
     autoregressive,
     baselines,

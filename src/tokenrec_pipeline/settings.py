@@ -2,8 +2,8 @@
 
 from kedro.config import OmegaConfigLoader
 
-from tokenrec_pipeline.hooks import RunRecordHooks
-from tokenrec_pipeline.validation_hooks import ArtefactManifestHooks, MlflowRunStatusHooks, ParameterValidationHooks
+from tokenrec_pipeline.hooks.run_record import RunRecordHooks
+from tokenrec_pipeline.hooks.validation import ArtefactManifestHooks, MlflowRunStatusHooks, ParameterValidationHooks
 
 # kedro-mlflow registers its own hooks through its entry point; ours add the git commit and
 # the dataset statistics to the MLflow run it opens.

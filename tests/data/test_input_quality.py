@@ -16,7 +16,7 @@ from tokenrec_pipeline.data.sources import (
     read_sequences,
     read_tabular,
 )
-from tokenrec_pipeline.datasets import RawData
+from tokenrec_pipeline.io.datasets import RawData
 from tokenrec_pipeline.pipelines.ingestion.nodes import ingest_interactions
 
 COLUMNS = {"user": "u", "item": "i", "timestamp": "t"}

@@ -148,7 +148,7 @@ def test_temporal_targets_are_each_users_first_row_of_their_window():
 
 def test_temporal_users_without_a_window_row_are_not_evaluated_there():
     core, (split, user_map, _) = _temporal()
-    from tokenrec_pipeline.models.evaluation import eval_inputs_from_splits
+    from tokenrec_pipeline.evaluation.ranking import eval_inputs_from_splits
 
     valid = eval_inputs_from_splits(split, "seen", "valid")
     test = eval_inputs_from_splits(split, "seen", "test")

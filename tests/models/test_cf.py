@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch_geometric.nn.models import LightGCN
 
+from tokenrec_pipeline.evaluation.ranking import eval_inputs_from_splits, evaluate_inputs
 from tokenrec_pipeline.models import cf
-from tokenrec_pipeline.models.evaluation import eval_inputs_from_splits, evaluate_inputs
 
 N_GROUPS, USERS_PER_GROUP, ITEMS_PER_GROUP, UNSEEN_PER_GROUP = 4, 12, 10, 2
 N_ITEMS = N_GROUPS * ITEMS_PER_GROUP

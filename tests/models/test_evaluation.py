@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tokenrec_pipeline.models.evaluation import (
+from tokenrec_pipeline.evaluation.ranking import (
     METRIC_COLUMNS,
     EvalInputs,
     GroupSpec,

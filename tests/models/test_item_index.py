@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tokenrec_pipeline.datasets import FaissIndexDataset
-from tokenrec_pipeline.models.item_index import (
+from tokenrec_pipeline.evaluation.item_index import (
     MISSING_ID,
     add_items,
     build_item_index,
@@ -16,6 +15,7 @@ from tokenrec_pipeline.models.item_index import (
     search,
     set_search_params,
 )
+from tokenrec_pipeline.io.datasets import FaissIndexDataset
 from tokenrec_pipeline.models.tokenrec import item_vectors_from_index
 from tokenrec_pipeline.pipelines.indexing.nodes import build_index
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tokenrec_pipeline.models.item_index import build_item_index, search
+from tokenrec_pipeline.evaluation.item_index import build_item_index, search
 from tokenrec_pipeline.models.item_space import (
     items_for_index,
     items_to_space,

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from tokenrec_pipeline.core.baselines import report_baselines
+from tokenrec_pipeline.evaluation.ranking import eval_inputs_from_splits
 from tokenrec_pipeline.models import sequential as sq
 from tokenrec_pipeline.models.cf import evaluate_pop
-from tokenrec_pipeline.models.evaluation import eval_inputs_from_splits
 from tokenrec_pipeline.pipelines.baselines.nodes import train_sequential_baseline
 
 N_ITEMS = 40

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from tokenrec_pipeline.models.significance import (
+from tokenrec_pipeline.evaluation.significance import (
     bootstrap_interval,
     paired_test,
     per_user_metrics,

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tokenrec_pipeline.mlflow_model import TrainingPipelineML
+from tokenrec_pipeline.io.mlflow_model import TrainingPipelineML
 
 STAGES_IN_ORDER = ["ingestion", "preprocessing", "cf_pretraining", "baselines", "tokenization", "prompting",
                    "llm4rec", "indexing", "autoregressive", "evaluation", "reporting"]

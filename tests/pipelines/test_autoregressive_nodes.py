@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tokenrec_pipeline.datasets import SkippedModel
+from tokenrec_pipeline.io.datasets import SkippedModel
 from tokenrec_pipeline.pipelines.autoregressive.nodes import (
     evaluate_autoregressive_model,
     item_code_table,

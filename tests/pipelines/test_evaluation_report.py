@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from tests.conftest import PROJECT_ROOT
-from tokenrec_pipeline.models.evaluation import DEFAULT_KS, expected_hit_rate, expected_ndcg
-from tokenrec_pipeline.paper_reference import load_paper_reference
+from tokenrec_pipeline.evaluation.ranking import DEFAULT_KS, expected_hit_rate, expected_ndcg
 from tokenrec_pipeline.pipelines.evaluation.nodes import compare_with_reference, report_evaluation
+from tokenrec_pipeline.reporting.paper_reference import load_paper_reference
 
 EVALUATION = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_evaluation.yml").read_text())["evaluation"]
 SETTINGS = {**EVALUATION, "significance": {**EVALUATION["significance"], "n_resamples": 200}}

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from tests.conftest import run_kedro_cli, tree_digest
-from tokenrec_pipeline.reporting import METRIC_NAME_PATTERN
-from tokenrec_pipeline.run_summary import HEADLINE_METRICS
+from tokenrec_pipeline.reporting.run_summary import HEADLINE_METRICS
+from tokenrec_pipeline.reporting.tables import METRIC_NAME_PATTERN
 
 
 @pytest.mark.slow
@@ -81,7 +81,7 @@ def test_full_pipeline_produces_every_row_and_one_mlflow_run(tiny_full_run):
 
 @pytest.mark.slow
 def test_recommend_and_add_items_without_retraining(tiny_full_copy):
-    from tokenrec_pipeline.models.item_index import load_item_index, search
+    from tokenrec_pipeline.evaluation.item_index import load_item_index, search
 
     kedro_project = tiny_full_copy
     model_digest = tree_digest(kedro_project / "data/06_models/llm4rec")

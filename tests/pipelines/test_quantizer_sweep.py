@@ -11,8 +11,8 @@ import pytest
 
 from tests.conftest import run_kedro_cli
 from tokenrec_pipeline.pipeline_registry import SWEEP_QUANTIZERS, register_pipelines
-from tokenrec_pipeline.reporting import METRIC_NAME_PATTERN
-from tokenrec_pipeline.run_summary import HEADLINE_METRICS
+from tokenrec_pipeline.reporting.run_summary import HEADLINE_METRICS
+from tokenrec_pipeline.reporting.tables import METRIC_NAME_PATTERN
 
 SHARED_ARTEFACTS = ("data/06_models/cf/cf_embeddings.safetensors", "data/06_models/cf/lightgcn_embeddings.safetensors",
                     "data/03_primary/interactions_split.parquet", "data/08_reporting/baseline_metrics.csv",

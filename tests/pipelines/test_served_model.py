@@ -14,7 +14,7 @@ from kedro.pipeline import Pipeline, node
 from kedro_mlflow.pipeline.pipeline_ml import KedroMlflowPipelineMLError, PipelineML
 from mlflow.exceptions import MlflowException
 
-from tokenrec_pipeline.mlflow_model import TokenRecPipelineModel, TrainingPipelineML, check_request_params
+from tokenrec_pipeline.io.mlflow_model import TokenRecPipelineModel, TrainingPipelineML, check_request_params
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from tests.pipelines.in_process import (
     project_parameters,
     run_in_process,
 )
-from tokenrec_pipeline.models.evaluation import RANK_COLUMNS, eval_inputs_from_splits, evaluate_inputs
+from tokenrec_pipeline.evaluation.ranking import RANK_COLUMNS, eval_inputs_from_splits, evaluate_inputs
 
 STRUCTURED = {
     # 8 latent groups over 80 items: a user's history pins down their group, popularity cannot.

@@ -21,8 +21,7 @@ import pandas as pd
 import torch
 
 from tokenrec_pipeline.core.artefacts import FOLD_IN_KEY, encode_fold_in_method
-from tokenrec_pipeline.models.cf import CFConfig, evaluate_cf, train_cf_from_splits
-from tokenrec_pipeline.models.evaluation import (
+from tokenrec_pipeline.evaluation.ranking import (
     METRIC_COLUMNS,
     RANK_COLUMNS,
     RankingResult,
@@ -30,7 +29,8 @@ from tokenrec_pipeline.models.evaluation import (
     metrics_wide,
     ranks_to_frame,
 )
-from tokenrec_pipeline.reporting import history_to_mlflow, markdown_table, metrics_table_to_mlflow
+from tokenrec_pipeline.models.cf import CFConfig, evaluate_cf, train_cf_from_splits
+from tokenrec_pipeline.reporting.tables import history_to_mlflow, markdown_table, metrics_table_to_mlflow
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def train_cf_model(
         (folded in from their histories, no retraining), ``item_embeddings`` and the train
         degrees ``user_degree`` / ``item_degree``.
     """
-    config = CFConfig(**{**cf_model, "seed": seed})
+    config = CFConfig.from_dict({**cf_model, "seed": seed})
     model = config.model
     if not cf_model_trained(model, enabled, selected_model):
         logger.info("%s is off (not in baselines.enabled and not cf_pretraining.model): not trained.", model)

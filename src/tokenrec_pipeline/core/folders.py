@@ -20,6 +20,23 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
+def atomic_file(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Write a file atomically: yields a temporary path in the target's folder; on success it is renamed onto
+    ``target`` (``os.replace``), on failure removed. A reader never sees a half-written file, and a crash leaves
+    the previous file intact. Every single-file artefact of the project is written through this."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
 def staged_folder(folder: str | os.PathLike[str], config_file: str, refusal: str) -> Iterator[Path]:
     """Yield an empty sibling staging folder that replaces ``folder`` when the block succeeds.
 

@@ -2,7 +2,7 @@
 
 Under this project's protocol sequential models are the strongest peers (``docs/BENCHMARKS.md``), so the
 report puts them beside Pop, MF, LightGCN and TokenRec, trained and scored on the same splits by the
-same evaluator (:mod:`tokenrec_pipeline.models.evaluation`): history items excluded with ``-inf``,
+same evaluator (:mod:`tokenrec_pipeline.evaluation.ranking`): history items excluded with ``-inf``,
 early stopping on the seen users' validation NDCG@20, test computed once at the selected epoch.
 
 * **SASRec**: item + learned position embeddings, a causal ``torch.nn.TransformerEncoder`` (a
@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tokenrec_pipeline.core.params import dataclass_from_dict, resolve_device
-from tokenrec_pipeline.models.evaluation import (
+from tokenrec_pipeline.evaluation.ranking import (
     DEFAULT_KS,
     EvalInputs,
     GroupSpec,

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tokenrec_pipeline.models.evaluation import RankingResult, evaluate_ranking, metrics_to_frame, ranks_to_frame
-from tokenrec_pipeline.models.item_index import ItemIndex, search
+from tokenrec_pipeline.evaluation.item_index import ItemIndex, search
+from tokenrec_pipeline.evaluation.ranking import RankingResult, evaluate_ranking, metrics_to_frame, ranks_to_frame
 from tokenrec_pipeline.models.llm4rec import LLM4Rec
 from tokenrec_pipeline.models.tokenizers import FittedTokenizer, token_vocabulary
 

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tokenrec_pipeline.evaluation.ranking import DEFAULT_KS, RankingResult, evaluate_ranking
 from tokenrec_pipeline.models.autoregressive.config import DecodeMode
 from tokenrec_pipeline.models.autoregressive.generation import GenerationOutput, generation_score_fn
 from tokenrec_pipeline.models.autoregressive.model import AutoregressiveRecommender
 from tokenrec_pipeline.models.autoregressive.trie import CodeTrie
-from tokenrec_pipeline.models.evaluation import DEFAULT_KS, RankingResult, evaluate_ranking
 
 
 def evaluate_generation(
@@ -35,7 +35,7 @@ def evaluate_generation(
     ``beam_size < max(ks)`` the deeper cut-offs are filled by chance only, hence the warning.
 
     Returns:
-        The evaluator's :class:`~tokenrec_pipeline.models.evaluation.RankingResult` (its ``metrics`` gain
+        The evaluator's :class:`~tokenrec_pipeline.evaluation.ranking.RankingResult` (its ``metrics`` gain
         ``invalid_rate``) and the raw :class:`GenerationOutput`.
     """
     targets_np = np.asarray(targets, dtype=np.int64)

@@ -2,7 +2,7 @@
 
 :class:`GenerationOutput` holds the beam-search results (with invalid-tuple counts); :func:`ranked_items` turns
 them into item lists, :func:`generation_score_matrix` / :func:`generation_score_fn` into full-catalogue scores
-for :func:`~tokenrec_pipeline.models.evaluation.evaluate_ranking`.
+for :func:`~tokenrec_pipeline.evaluation.ranking.evaluate_ranking`.
 
 Shapes: ``N`` prompts, ``k`` tuples kept per prompt, ``K`` codebooks, ``I`` items.
 """
@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tokenrec_pipeline.evaluation.ranking import histories_to_csr
 from tokenrec_pipeline.models.autoregressive.trie import CodeTrie
-from tokenrec_pipeline.models.evaluation import histories_to_csr
 
 NEG_INF = float("-inf")
 
@@ -146,7 +146,7 @@ def generation_score_matrix(
         trie: The code table used for decoding.
         rows: Optional subset of output rows (default: all), e.g. one evaluation batch.
         histories: Optional per-row history items set to -inf (row-aligned with ``rows``). Leave it
-            ``None`` when feeding :func:`~tokenrec_pipeline.models.evaluation.evaluate_ranking`, which
+            ``None`` when feeding :func:`~tokenrec_pipeline.evaluation.ranking.evaluate_ranking`, which
             excludes histories itself and never the target.
 
     Returns:
@@ -178,7 +178,7 @@ def generation_score_matrix(
 def generation_score_fn(
     output: GenerationOutput, trie: CodeTrie, users: Sequence[int] | np.ndarray
 ) -> Callable[[Tensor], Tensor]:
-    """A ``score_fn`` for :func:`~tokenrec_pipeline.models.evaluation.evaluate_ranking`.
+    """A ``score_fn`` for :func:`~tokenrec_pipeline.evaluation.ranking.evaluate_ranking`.
 
     Args:
         output: Decoded tuples, row i for ``users[i]`` (users must be distinct).

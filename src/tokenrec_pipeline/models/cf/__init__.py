@@ -10,7 +10,7 @@
   item) with early stopping, and return the best epoch's propagated embeddings.
 * Pop ranks by the number of TRAIN interactions per item.
 
-Every metric goes through :mod:`tokenrec_pipeline.models.evaluation`.
+Every metric goes through :mod:`tokenrec_pipeline.evaluation.ranking`.
 
 Modules: :mod:`.config` (``CFConfig``, ``CFResult``, device choice), :mod:`.data` (train pairs,
 negative sampling), :mod:`.models` (train graph, ``SparseLightGCN``, ``MatrixFactorization``),
@@ -19,6 +19,9 @@ items from their histories) and :mod:`.protocol` (protocol evaluation of CF and 
 """
 
 from tokenrec_pipeline.core.params import resolve_device
+
+# ``benchmarks.cf_speed`` calls ``evaluate_inputs`` through this module (it did through cf.py).
+from tokenrec_pipeline.evaluation.ranking import evaluate_inputs
 from tokenrec_pipeline.models.cf.config import SELECTION_METRIC, CFConfig, CFResult, ModelName
 from tokenrec_pipeline.models.cf.data import (
     TrainInteractions,
@@ -51,9 +54,6 @@ from tokenrec_pipeline.models.cf.training import (
     train_lightgcn,
     train_mf,
 )
-
-# ``benchmarks.cf_speed`` calls ``evaluate_inputs`` through this module (it did through cf.py).
-from tokenrec_pipeline.models.evaluation import evaluate_inputs
 
 __all__ = [
     "SELECTION_METRIC",

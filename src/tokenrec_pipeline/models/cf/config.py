@@ -11,8 +11,8 @@ import pandas as pd
 from torch import Tensor
 
 from tokenrec_pipeline.core.params import dataclass_from_dict
+from tokenrec_pipeline.evaluation.ranking import DEFAULT_KS, Histories
 from tokenrec_pipeline.models.cf.fold_in import FoldInMethod, fold_in_item_embeddings, fold_in_user_embeddings
-from tokenrec_pipeline.models.evaluation import DEFAULT_KS, Histories
 
 SELECTION_METRIC = "NDCG@20"
 """Validation metric that picks the epoch (docs/DESIGN.md: model selection on validation only)."""

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from tokenrec_pipeline.models.evaluation import split_sizes
+from tokenrec_pipeline.evaluation.ranking import split_sizes
 
 
 @dataclass(frozen=True)

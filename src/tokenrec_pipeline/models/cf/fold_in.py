@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tokenrec_pipeline.evaluation.ranking import Histories, histories_to_csr
 from tokenrec_pipeline.models.cf.data import TrainInteractions
-from tokenrec_pipeline.models.evaluation import Histories, histories_to_csr
 
 FoldInMethod = Literal["symmetric", "mean"]
 

@@ -11,10 +11,7 @@ import torch
 from torch import Tensor
 
 from tokenrec_pipeline.core.params import resolve_device
-from tokenrec_pipeline.models.cf.config import CFResult
-from tokenrec_pipeline.models.cf.data import train_interactions_from_splits
-from tokenrec_pipeline.models.cf.fold_in import FoldInMethod
-from tokenrec_pipeline.models.evaluation import (
+from tokenrec_pipeline.evaluation.ranking import (
     DEFAULT_KS,
     GroupSpec,
     RankingResult,
@@ -22,6 +19,9 @@ from tokenrec_pipeline.models.evaluation import (
     eval_inputs_from_splits,
     evaluate_user_groups,
 )
+from tokenrec_pipeline.models.cf.config import CFResult
+from tokenrec_pipeline.models.cf.data import train_interactions_from_splits
+from tokenrec_pipeline.models.cf.fold_in import FoldInMethod
 
 
 def popularity_score_fn(counts: np.ndarray | Tensor, device: str | torch.device | None = None) -> ScoreFn:

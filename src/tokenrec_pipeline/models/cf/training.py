@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch_geometric.nn.models.lightgcn import BPRLoss
 
 from tokenrec_pipeline.core.params import resolve_device
+from tokenrec_pipeline.evaluation.ranking import EvalInputs, RankingResult, eval_inputs_from_splits, evaluate_inputs
 from tokenrec_pipeline.models.cf.config import SELECTION_METRIC, CFConfig, CFResult
 from tokenrec_pipeline.models.cf.data import (
     TrainInteractions,
@@ -29,7 +30,6 @@ from tokenrec_pipeline.models.cf.data import (
 )
 from tokenrec_pipeline.models.cf.fold_in import fold_in_scales
 from tokenrec_pipeline.models.cf.models import build_cf_model, build_edge_index, normalized_adjacency
-from tokenrec_pipeline.models.evaluation import EvalInputs, RankingResult, eval_inputs_from_splits, evaluate_inputs
 from tokenrec_pipeline.training.loop import EarlyStopping, fit_epochs, valid_metrics
 
 logger = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def train_cf(train: TrainInteractions, config: CFConfig, valid: EvalInputs | Non
     """Train LightGCN or MF with BPR; early-stop on ``valid`` NDCG@20 and keep the best epoch.
 
     ``valid`` should be the seen users' validation inputs (history = train items, target = valid
-    item; :func:`~tokenrec_pipeline.models.evaluation.eval_inputs_from_splits`). Without it the
+    item; :func:`~tokenrec_pipeline.evaluation.ranking.eval_inputs_from_splits`). Without it the
     model trains for ``config.epochs`` epochs and the last epoch is returned.
     Same seed, same data, same device -> identical embeddings (on CPU bit for bit).
     """

@@ -15,7 +15,9 @@ import numpy as np
 import pandas as pd
 
 from tokenrec_pipeline.core.baselines import baseline_enabled
-from tokenrec_pipeline.datasets import SkippedModel
+from tokenrec_pipeline.data.prompts import sample_prompt_users
+from tokenrec_pipeline.evaluation.ranking import METRIC_COLUMNS, RANK_COLUMNS, metrics_to_frame, ranks_to_frame
+from tokenrec_pipeline.io.datasets import SkippedModel
 from tokenrec_pipeline.models.autoregressive import (
     DECODE_MODES,
     AutoregressiveConfig,
@@ -26,11 +28,9 @@ from tokenrec_pipeline.models.autoregressive import (
     evaluate_generation,
     train_autoregressive,
 )
-from tokenrec_pipeline.models.evaluation import METRIC_COLUMNS, RANK_COLUMNS, metrics_to_frame, ranks_to_frame
 from tokenrec_pipeline.models.tokenizers import FittedTokenizer
 from tokenrec_pipeline.models.tokenrec import id_token_vocabularies
-from tokenrec_pipeline.prompts import sample_prompt_users
-from tokenrec_pipeline.reporting import history_to_mlflow
+from tokenrec_pipeline.reporting.tables import history_to_mlflow
 from tokenrec_pipeline.training.loop import valid_metrics
 
 logger = logging.getLogger(__name__)

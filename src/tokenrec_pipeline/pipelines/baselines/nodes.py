@@ -16,7 +16,7 @@ from tokenrec_pipeline.core.baselines import (
 )
 from tokenrec_pipeline.models.cf import evaluate_pop
 from tokenrec_pipeline.models.sequential import SequentialConfig, evaluate_sequential, train_sequential_from_splits
-from tokenrec_pipeline.reporting import history_to_mlflow
+from tokenrec_pipeline.reporting.tables import history_to_mlflow
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def train_sequential_baseline(
         ranks in the layout of the CF baselines, the per-epoch history (loss, validation metrics)
         and the same history as MLflow metric curves ``train.<model>.<quantity>``.
     """
-    config = SequentialConfig(**{**sequential_model, "seed": seed})
+    config = SequentialConfig.from_dict({**sequential_model, "seed": seed})
     model = config.model
     if not baseline_enabled(model, enabled):
         logger.info("%s is off (not in baselines.enabled): not trained.", model)

@@ -22,7 +22,7 @@ def select_cf_embeddings(lightgcn_embeddings: dict, interactions_split: pd.DataF
     MF baseline's settings ``baselines.mf`` and the run's seed -- the same model the baselines stage trains for
     its rows (the same embeddings on CPU), trained once more so that the teacher does not wait for the baselines.
     """
-    choice = cf_pretraining.get("model", "lightgcn")
+    choice = cf_pretraining["model"]
     if choice not in CF_MODELS:
         raise ValueError(f"cf_pretraining.model={choice!r} must be one of {list(CF_MODELS)}.")
     if choice == "mf":

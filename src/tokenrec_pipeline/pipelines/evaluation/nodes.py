@@ -14,15 +14,15 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from tokenrec_pipeline.core.baselines import skipped_baseline_tables, switched_off_models  # noqa: E402
-from tokenrec_pipeline.datasets import SkippedModel  # noqa: E402
-from tokenrec_pipeline.models.evaluation import metrics_wide  # noqa: E402
-from tokenrec_pipeline.models.item_index import ItemIndex  # noqa: E402
+from tokenrec_pipeline.evaluation.item_index import ItemIndex  # noqa: E402
+from tokenrec_pipeline.evaluation.ranking import metrics_wide  # noqa: E402
+from tokenrec_pipeline.evaluation.significance import SIGNIFICANCE_COLUMNS, significance_table  # noqa: E402
+from tokenrec_pipeline.io.datasets import SkippedModel  # noqa: E402
 from tokenrec_pipeline.models.llm4rec import LLM4Rec  # noqa: E402
-from tokenrec_pipeline.models.significance import SIGNIFICANCE_COLUMNS, significance_table  # noqa: E402
 from tokenrec_pipeline.models.tokenrec import evaluate_prompt_variants, item_vectors_from_index, time_retrieval  # noqa: E402
-from tokenrec_pipeline.paper_reference import paper_beside, paper_rows  # noqa: E402
-from tokenrec_pipeline.reporting import markdown_table, metric_key, metrics_table_to_mlflow  # noqa: E402
-from tokenrec_pipeline.run_summary import headline_table, headline_to_mlflow  # noqa: E402
+from tokenrec_pipeline.reporting.paper_reference import paper_beside, paper_rows  # noqa: E402
+from tokenrec_pipeline.reporting.run_summary import headline_table, headline_to_mlflow  # noqa: E402
+from tokenrec_pipeline.reporting.tables import markdown_table, metric_key, metrics_table_to_mlflow  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -199,9 +199,9 @@ def report_evaluation(inference_latency: pd.DataFrame, evaluation_significance: 
 
 def summarise_headline(evaluation_metrics: pd.DataFrame, tokenizer_diagnostics: pd.DataFrame,
                        llm4rec_training_history: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
-    """The run's headline (:func:`tokenrec_pipeline.run_summary.headline_table`): TokenRec and the best baseline on
-    test HR@20 / NDCG@20 for seen and unseen users, item / user collision rates, fit and train seconds, as a
-    one-row table and as the ``headline.*`` MLflow metrics that the runs table shows side by side."""
+    """The run's headline (:func:`tokenrec_pipeline.reporting.run_summary.headline_table`): TokenRec and the best
+    baseline on test HR@20 / NDCG@20 for seen and unseen users, item / user collision rates, fit and train seconds,
+    as a one-row table and as the ``headline.*`` MLflow metrics that the runs table shows side by side."""
     headline = headline_table(evaluation_metrics, tokenizer_diagnostics, llm4rec_training_history)
     row = headline.iloc[0]
     logger.info("Headline (%s): TokenRec test seen HR@20=%.4f NDCG@20=%.4f; best baseline %s HR@20=%.4f NDCG@20=%.4f",

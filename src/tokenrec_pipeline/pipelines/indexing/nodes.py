@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 
-from tokenrec_pipeline.models.item_index import ItemIndex, build_item_index
+from tokenrec_pipeline.evaluation.item_index import ItemIndex, build_item_index
 from tokenrec_pipeline.models.llm4rec import LLM4Rec
 
 logger = logging.getLogger(__name__)

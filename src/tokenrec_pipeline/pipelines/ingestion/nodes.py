@@ -7,7 +7,7 @@ import logging
 import pandas as pd
 
 from tokenrec_pipeline.data.synthetic import SyntheticConfig, generate_synthetic_interactions
-from tokenrec_pipeline.datasets import RawData
+from tokenrec_pipeline.io.datasets import RawData
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Nodes of the llm4rec stage (model code in ``tokenrec_pipeline.models.llm4rec``; the training job, in-process
-or DDP under torchrun, in ``tokenrec_pipeline.distributed_train``).
+or DDP under torchrun, in ``tokenrec_pipeline.training.distributed``).
 
 Two recipes train here: the project's default (``llm4rec``) and the paper's (``llm4rec`` with the
 ``llm4rec_paper`` overrides), reported side by side as ``tokenrec`` and ``tokenrec (paper)``.
@@ -15,19 +15,19 @@ import mlflow
 import pandas as pd
 
 from tokenrec_pipeline.core.baselines import baseline_enabled
-from tokenrec_pipeline.datasets import SkippedModel
-from tokenrec_pipeline.distributed_train import (
+from tokenrec_pipeline.data.prompts import sample_prompt_users
+from tokenrec_pipeline.io.datasets import SkippedModel
+from tokenrec_pipeline.models.llm4rec import LLM4Rec, LLM4RecConfig, TrainConfig
+from tokenrec_pipeline.models.tokenizers import FittedTokenizer
+from tokenrec_pipeline.models.tokenrec import id_token_vocabularies
+from tokenrec_pipeline.reporting.tables import history_to_mlflow
+from tokenrec_pipeline.training.distributed import (
     CURVES_PREFIX,
     DistributedSettings,
     LLM4RecJob,
     fit_llm4rec,
     train_distributed,
 )
-from tokenrec_pipeline.models.llm4rec import LLM4Rec, LLM4RecConfig, TrainConfig
-from tokenrec_pipeline.models.tokenizers import FittedTokenizer
-from tokenrec_pipeline.models.tokenrec import id_token_vocabularies
-from tokenrec_pipeline.prompts import sample_prompt_users
-from tokenrec_pipeline.reporting import history_to_mlflow
 
 logger = logging.getLogger(__name__)
 

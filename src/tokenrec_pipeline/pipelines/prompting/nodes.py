@@ -1,4 +1,4 @@
-"""Nodes of the prompting stage (logic in ``tokenrec_pipeline.prompts``)."""
+"""Nodes of the prompting stage (logic in ``tokenrec_pipeline.data.prompts``)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import logging
 
 import pandas as pd
 
+from tokenrec_pipeline.data.prompts import PromptConfig, build_prompt_samples, with_row_user_tokens
 from tokenrec_pipeline.models.tokenizers import FittedTokenizer
-from tokenrec_pipeline.prompts import PromptConfig, build_prompt_samples, with_row_user_tokens
-from tokenrec_pipeline.serving import new_user_tokens
+from tokenrec_pipeline.serving.recommend import new_user_tokens
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Nodes of the recommend stage (logic in ``tokenrec_pipeline.serving``)."""
+"""Nodes of the recommend stage (logic in ``tokenrec_pipeline.serving.recommend``)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import logging
 import numpy as np
 import pandas as pd
 
-from tokenrec_pipeline.models.item_index import ItemIndex
+from tokenrec_pipeline.data.prompts import PromptConfig
+from tokenrec_pipeline.evaluation.item_index import ItemIndex
 from tokenrec_pipeline.models.llm4rec import LLM4Rec
 from tokenrec_pipeline.models.tokenizers import FittedTokenizer
 from tokenrec_pipeline.models.tokenizers.tokens import token_strings_to_codes
 from tokenrec_pipeline.models.tokenrec import retrieve
-from tokenrec_pipeline.prompts import PromptConfig
-from tokenrec_pipeline.serving import (
+from tokenrec_pipeline.serving.recommend import (
     ON_UNKNOWN_ITEM,
     Request,
     UnknownIdError,

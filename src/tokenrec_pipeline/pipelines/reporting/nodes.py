@@ -1,4 +1,4 @@
-"""Nodes of the reporting stage: thin wrappers over ``tokenrec_pipeline.figures``."""
+"""Nodes of the reporting stage: thin wrappers over ``tokenrec_pipeline.reporting.figures``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from tokenrec_pipeline.core.baselines import cf_model_trained
-from tokenrec_pipeline.figures import (
+from tokenrec_pipeline.reporting.figures import (
     MissingTableError,
     item_projection_by_first_token,
     item_projection_by_popularity,
@@ -18,7 +18,7 @@ from tokenrec_pipeline.figures import (
     tokenizer_diagnostics_figure,
     training_curves_figure,
 )
-from tokenrec_pipeline.run_summary import headlines_from_runs, quantizer_comparison
+from tokenrec_pipeline.reporting.run_summary import headlines_from_runs, quantizer_comparison
 
 
 def plot_metrics_by_model(evaluation_metrics: pd.DataFrame, reporting: dict) -> go.Figure:

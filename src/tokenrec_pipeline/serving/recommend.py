@@ -18,11 +18,11 @@ import pandas as pd
 import torch
 
 from tokenrec_pipeline.core.artefacts import recorded_fold_in_method
+from tokenrec_pipeline.data.prompts import PromptConfig, render_prompt
+from tokenrec_pipeline.evaluation.item_index import ItemIndex, add_items
 from tokenrec_pipeline.models.cf import fold_in_item_embeddings, fold_in_user_embeddings
-from tokenrec_pipeline.models.item_index import ItemIndex, add_items
 from tokenrec_pipeline.models.item_space import items_for_index
 from tokenrec_pipeline.models.tokenizers import FittedTokenizer, codes_to_token_strings
-from tokenrec_pipeline.prompts import PromptConfig, render_prompt
 
 logger = logging.getLogger(__name__)
 

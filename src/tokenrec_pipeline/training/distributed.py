@@ -7,7 +7,7 @@ checkpoint back through the catalog's load path (:func:`train_distributed`). On 
 entry point yourself on every node (the node logs the command)::
 
     torchrun --nnodes N --node_rank R --nproc_per_node P --rdzv_backend c10d --rdzv_endpoint HOST:PORT \\
-        -m tokenrec_pipeline.distributed_train WORK_DIR
+        -m tokenrec_pipeline.training.distributed WORK_DIR
 
 The training code is the same either way: :func:`fit_llm4rec` builds the model and calls
 :func:`~tokenrec_pipeline.models.llm4rec.train_llm4rec`, which shards batches and wraps the model in
@@ -48,7 +48,7 @@ from safetensors.torch import load_file, save_file
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from tokenrec_pipeline.core.params import dataclass_from_dict, resolve_device
-from tokenrec_pipeline.models.evaluation import expected_hit_rate, expected_ndcg
+from tokenrec_pipeline.evaluation.ranking import expected_hit_rate, expected_ndcg
 from tokenrec_pipeline.models.llm4rec import (
     LLM4Rec,
     LLM4RecConfig,
@@ -59,12 +59,12 @@ from tokenrec_pipeline.models.llm4rec import (
 )
 from tokenrec_pipeline.models.tokenizers import FittedTokenizer, load_tokenizer
 from tokenrec_pipeline.models.tokenrec import evaluate_prompts
-from tokenrec_pipeline.reporting import history_to_mlflow
+from tokenrec_pipeline.reporting.tables import history_to_mlflow
 from tokenrec_pipeline.training.engine import ProcessGroup, TrainResult, check_global_batch
 
 logger = logging.getLogger(__name__)
 
-ENTRY_MODULE = "tokenrec_pipeline.distributed_train"
+ENTRY_MODULE = "tokenrec_pipeline.training.distributed"
 JOB_FILE = "job.json"
 TENSORS_FILE = "tensors.safetensors"
 TRAIN_FILE = "train_prompts.parquet"
@@ -311,7 +311,7 @@ class DistributedTrainingError(RuntimeError):
 
 
 def torchrun_command(work_dir: str | os.PathLike[str], settings: DistributedSettings, node_rank: int = 0) -> list[str]:
-    """``python -m torch.distributed.run ... -m tokenrec_pipeline.distributed_train WORK_DIR``.
+    """``python -m torch.distributed.run ... -m tokenrec_pipeline.training.distributed WORK_DIR``.
 
     One node: ``--standalone`` (a local rendezvous on a free port). Several: c10d rendezvous at
     ``settings.rdzv_endpoint``. ``--max-restarts 0``: a failure is reported, not retried.
@@ -472,7 +472,7 @@ def run_worker(work_dir: str | os.PathLike[str]) -> None:
 
 @record
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point: ``torchrun [...] -m tokenrec_pipeline.distributed_train WORK_DIR``."""
+    """Entry point: ``torchrun [...] -m tokenrec_pipeline.training.distributed WORK_DIR``."""
     parser = argparse.ArgumentParser(prog=f"python -m {ENTRY_MODULE}", description=__doc__.splitlines()[0])
     parser.add_argument("work_dir", help="job folder written by the llm4rec node (write_job)")
     args = parser.parse_args(argv)

@@ -22,7 +22,7 @@ from kedro.runner import SequentialRunner
 from kedro_mlflow.mlflow import KedroPipelineModel
 from kedro_mlflow.pipeline.pipeline_ml import KedroMlflowPipelineMLError, PipelineML
 
-from tokenrec_pipeline.serving import ON_UNKNOWN_ITEM
+from tokenrec_pipeline.serving.recommend import ON_UNKNOWN_ITEM
 
 logger = logging.getLogger(__name__)
 

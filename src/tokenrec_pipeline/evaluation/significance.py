@@ -2,7 +2,7 @@
 
 Inputs are the per-user ranks tables every model writes (``data/07_model_output/ranks/*.parquet``:
 ``model, split, user_group, user_id, target_item, rank``, optionally ``n_greater, n_tied``). Per-user
-HR@K / NDCG@K follow the evaluator's expected-rank tie rule (:mod:`tokenrec_pipeline.models.evaluation`):
+HR@K / NDCG@K follow the evaluator's expected-rank tie rule (:mod:`tokenrec_pipeline.evaluation.ranking`):
 exact from ``n_greater`` / ``n_tied`` when the table has them; otherwise from the expected ``rank`` as
 if the target were untied, which is exact for models with continuous scores (LightGCN, MF, SASRec,
 TokenRec) and an approximation for tie-heavy scorers such as Pop (a warning says so).
@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from tokenrec_pipeline.models.evaluation import expected_hit_rate, expected_ndcg
+from tokenrec_pipeline.evaluation.ranking import expected_hit_rate, expected_ndcg
 
 logger = logging.getLogger(__name__)
 

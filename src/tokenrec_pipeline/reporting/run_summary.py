@@ -11,7 +11,7 @@ import math
 
 import pandas as pd
 
-from tokenrec_pipeline.reporting import metric_key, mlflow_name
+from tokenrec_pipeline.reporting.tables import metric_key, mlflow_name
 
 HEADLINE_PREFIX = "headline"
 """Every headline metric is ``headline.<name in the project's scheme>``: pick them all in the MLflow runs

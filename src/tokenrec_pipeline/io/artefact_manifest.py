@@ -1,7 +1,7 @@
 """Which artefacts belong together: a manifest of every saved artefact's SHA-256 and what it was built from.
 
 Every persisted dataset a ``kedro run`` saves gets a record in ``data/artefact_manifest.json`` (written by
-:class:`tokenrec_pipeline.validation_hooks.ArtefactManifestHooks`): its content SHA-256, the node and run
+:class:`tokenrec_pipeline.hooks.validation.ArtefactManifestHooks`): its content SHA-256, the node and run
 that wrote it, and the SHA-256 of each persisted artefact that node read (through in-memory datasets too).
 A node's records are written together, atomically, once all its outputs are saved.
 
@@ -19,14 +19,14 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
-import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from tokenrec_pipeline.core.folders import atomic_file
 
 MANIFEST_NAME = "artefact_manifest.json"
 SHORT = 12
@@ -161,14 +161,10 @@ class ArtefactManifest:
             self._write(records)
 
     def _write(self, records: dict[str, ArtefactRecord]) -> None:
-        body = {"note": "Written by tokenrec_pipeline.validation_hooks.ArtefactManifestHooks; do not edit.",
+        body = {"note": "Written by tokenrec_pipeline.hooks.validation.ArtefactManifestHooks; do not edit.",
                 "artefacts": {key: record.to_json() for key, record in sorted(records.items())}}
-        tmp = self.file.with_name(f".{MANIFEST_NAME}.{uuid.uuid4().hex}.tmp")
-        try:
+        with atomic_file(self.file) as tmp:
             tmp.write_text(json.dumps(body, indent=1), encoding="utf-8")
-            os.replace(tmp, self.file)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def _stale(self, records: dict[str, ArtefactRecord], key: str) -> str | None:
         """Why the artefact ``key`` is stale (changed since recorded, or older than an input), or None."""

@@ -23,6 +23,7 @@ from kedro_datasets.matplotlib import MatplotlibDataset
 from kedro_datasets.pandas import CSVDataset, ParquetDataset
 from kedro_datasets.plotly import JSONDataset as PlotlyJSONDataset
 
+from tokenrec_pipeline.core.folders import atomic_file
 from tokenrec_pipeline.data.sources import read_dataset
 
 
@@ -66,17 +67,13 @@ class _AtomicSaveMixin:
         target = PurePosixPath(self._get_save_path())
         if getattr(self, "_protocol", "file") not in ("file", None):
             return super().save(data)  # remote stores have their own semantics
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         original = self._filepath
-        self._filepath = tmp
-        try:
-            super().save(data)
-            os.replace(tmp, target)
-        finally:
-            self._filepath = original
-            if Path(tmp).exists():
-                Path(tmp).unlink()
+        with atomic_file(target) as tmp:
+            self._filepath = PurePosixPath(tmp)
+            try:
+                super().save(data)
+            finally:
+                self._filepath = original
         self._invalidate_cache()
 
 
@@ -115,13 +112,8 @@ class SafetensorsDataset(AbstractDataset[dict, dict]):
     def save(self, data: dict) -> None:
         from safetensors.torch import save_file
 
-        self._filepath.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._filepath.with_name(f".{self._filepath.name}.{uuid.uuid4().hex}.tmp")
-        try:
+        with atomic_file(self._filepath) as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in data.items()}, str(tmp))
-            os.replace(tmp, self._filepath)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath)}
@@ -214,7 +206,7 @@ class ModelDirectoryDataset(AbstractDataset[Any, Any]):
 
 
 class FaissIndexDataset(AbstractDataset[Any, Any]):
-    """The item index (``tokenrec_pipeline.models.item_index.ItemIndex``) as one faiss file.
+    """The item index (``tokenrec_pipeline.evaluation.item_index.ItemIndex``) as one faiss file.
 
     The file keeps the index kind (``indexing.faiss_factory``: Flat, IVF, HNSW …), the item ids and the
     search parameters; ``search_params`` (e.g. ``{nprobe: 64}``) overrides the saved ones on load, to
@@ -229,12 +221,12 @@ class FaissIndexDataset(AbstractDataset[Any, Any]):
         self.metadata = metadata
 
     def load(self) -> Any:
-        from tokenrec_pipeline.models.item_index import load_item_index
+        from tokenrec_pipeline.evaluation.item_index import load_item_index
 
         return load_item_index(self._filepath, use_gpu=self._use_gpu, search_params=self._search_params)
 
     def save(self, data: Any) -> None:
-        from tokenrec_pipeline.models.item_index import save_item_index
+        from tokenrec_pipeline.evaluation.item_index import save_item_index
 
         save_item_index(data, self._filepath)  # writes a temp file, then renames
 

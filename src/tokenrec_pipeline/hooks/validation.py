@@ -3,7 +3,7 @@
 * :class:`ParameterValidationHooks` -- every parameter checked against ``conf/base`` (unknown keys, types,
   ranges) before kedro-mlflow opens a run and before the first node.
 * :class:`ArtefactManifestHooks` -- records what each saved artefact was built from
-  (:mod:`tokenrec_pipeline.artefact_manifest`), refuses a run whose input artefacts do not belong together
+  (:mod:`tokenrec_pipeline.io.artefact_manifest`), refuses a run whose input artefacts do not belong together
   (``recommend`` after a ``full`` run killed during ``llm4rec``), and refuses to log the MLflow model from
   such a set.
 * :class:`MlflowRunStatusHooks` -- SIGINT/SIGTERM end the MLflow run as KILLED (not FINISHED, not RUNNING
@@ -26,14 +26,14 @@ from kedro.framework.hooks import hook_impl
 from kedro.pipeline import Pipeline
 from mlflow.entities import RunStatus
 
-from tokenrec_pipeline.artefact_manifest import (
+from tokenrec_pipeline.hooks.params_validation import (
+    load_base_parameters,
+    validate_parameters,
+)
+from tokenrec_pipeline.io.artefact_manifest import (
     ArtefactManifest,
     StaleArtefactsError,
     dataset_path,
-)
-from tokenrec_pipeline.params_validation import (
-    load_base_parameters,
-    validate_parameters,
 )
 
 logger = logging.getLogger(__name__)

@@ -238,7 +238,7 @@ def quantizer_comparison_figure(table: pd.DataFrame, table_name: str = "quantize
     """The paper's Table VI as bars: test HR@20 / NDCG@20 of TokenRec per quantizer for seen and unseen users
     (the best baseline's values as hatched bars beside them) and each quantizer's item / user collision rate.
 
-    ``table`` is :func:`tokenrec_pipeline.run_summary.quantizer_comparison`'s (one row per quantizer).
+    ``table`` is :func:`tokenrec_pipeline.reporting.run_summary.quantizer_comparison`'s (one row per quantizer).
     """
     require_table(table, table_name, ("quantizer", "tokenrec seen HR@20", "tokenrec seen NDCG@20",
                                       "item collision rate", "user collision rate"))

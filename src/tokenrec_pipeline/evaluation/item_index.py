@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,8 @@ from typing import Any
 
 import faiss
 import numpy as np
+
+from tokenrec_pipeline.core.folders import atomic_file
 
 logger = logging.getLogger(__name__)
 
@@ -428,16 +429,8 @@ def save_item_index(index: ItemIndex, path: str | os.PathLike[str]) -> None:
 
     The rename means a reader never sees a half-written index, even if the writer crashes.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        faiss.write_index(index.cpu_index, tmp_name)
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        faiss.write_index(index.cpu_index, str(tmp))
 
 
 def load_item_index(

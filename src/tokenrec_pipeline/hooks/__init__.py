@@ -1,0 +1,1 @@
+"""Kedro hooks: the MLflow run record, parameter validation before a run, the artefact manifest."""

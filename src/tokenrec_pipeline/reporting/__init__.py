@@ -1,0 +1,1 @@
+"""Tables, figures, the run summary and the paper's reference numbers."""

@@ -1,0 +1,1 @@
+"""Recommendations from trained artefacts: known and new users, new items, request prompts."""
