@@ -47,14 +47,29 @@ def staged_folder(folder: str | os.PathLike[str], config_file: str, refusal: str
     target = Path(folder)
     if target.exists() and not (target / config_file).exists() and any(target.iterdir()):
         raise FileExistsError(f"{target} exists and {refusal}")
+    with atomic_folder(target) as staging:
+        yield staging
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: str | os.PathLike[str], create: bool = True) -> Iterator[Path]:
+    """Write a folder atomically: yields a staging folder beside ``folder`` (empty; with ``create=False`` not yet
+    created, for savers that create their folder) that replaces ``folder`` when the block succeeds (the old one is
+    renamed aside, then deleted) and is removed when it fails, leaving ``folder`` as it was. The folder counterpart
+    of :func:`atomic_file`."""
+    target = Path(folder)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    holder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging = holder / target.name
+    if create:
+        staging.mkdir()
     try:
         yield staging
+        if not staging.is_dir():
+            raise FileNotFoundError(f"nothing was written for {target}: the saver created no folder")
         _replace_folder(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    finally:
+        shutil.rmtree(holder, ignore_errors=True)  # the staging folder is gone after a successful replace
 
 
 def _replace_folder(staging: Path, target: Path) -> None:

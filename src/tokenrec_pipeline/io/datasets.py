@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -23,7 +21,7 @@ from kedro_datasets.matplotlib import MatplotlibDataset
 from kedro_datasets.pandas import CSVDataset, ParquetDataset
 from kedro_datasets.plotly import JSONDataset as PlotlyJSONDataset
 
-from tokenrec_pipeline.core.folders import atomic_file
+from tokenrec_pipeline.core.folders import atomic_file, atomic_folder
 from tokenrec_pipeline.data.sources import read_dataset
 
 
@@ -174,29 +172,18 @@ class ModelDirectoryDataset(AbstractDataset[Any, Any]):
         return self._loader()(path)
 
     def _write_skipped(self, folder: Path) -> None:
-        folder.mkdir(parents=True)
+        folder.mkdir(parents=True, exist_ok=True)
         (folder / self.SKIPPED_MARKER).write_text("This stage was switched off by a parameter; no model was trained.\n")
 
     def save(self, data: Any) -> None:
-        import shutil
-
         path = Path(self._filepath)
         if isinstance(data, SkippedModel) and not self._optional:
             raise ValueError(f"Refusing to save a skipped model in {path}: this model is not optional.")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        retired = path.with_name(f".{path.name}.{uuid.uuid4().hex}.old")
-        try:
+        with atomic_folder(path, create=False) as staging:
             if isinstance(data, SkippedModel):
                 self._write_skipped(staging)
             else:
                 getattr(data, self._saver)(staging)
-            if path.exists():
-                os.replace(path, retired)
-            os.replace(staging, path)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-            shutil.rmtree(retired, ignore_errors=True)
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._filepath), "loader": self._loader_path, "optional": self._optional}
