@@ -7,11 +7,12 @@
 Reads ``tokenrec_processed/<Name>/user_sequence.txt`` and applies docs/DESIGN.md's protocol with the
 project's own functions: implicit feedback, iterative 5-core, chronological leave-one-out with a
 seeded unseen-user holdout (``--unseen-fraction``, default 10%; ``0`` = all users seen, the setting
-of docs/BENCHMARKS.md). Trains MF with ``baselines.mf`` (``conf/base/parameters_baselines.yml``) and LightGCN
-with ``cf_pretraining.lightgcn`` (``conf/base/parameters_cf_pretraining.yml``, whose ``cf_pretraining.fold_in``
-folds the unseen users in), any of them overridable here, early-stopped on the seen users' validation NDCG@20, and prints test
-HR/NDCG@10/20/30 of the selected epoch for seen users and, through fold-in, for unseen users, with
-wall time, best epoch and epochs run per model. Every printed figure is computed in this run.
+of docs/BENCHMARKS.md). Trains MF with ``baselines.mf`` (``conf/base/parameters_baselines.yml``) and
+LightGCN with ``cf_pretraining.lightgcn`` (``conf/base/parameters_cf_pretraining.yml``; unseen users are
+folded in with its ``cf_pretraining.fold_in``), any of them overridable here, early-stopped on the seen
+users' validation NDCG@20, and prints test HR/NDCG@10/20/30 of the selected epoch for seen users and,
+through fold-in, for unseen users, with wall time, best epoch and epochs run per model. Every printed
+figure is computed in this run.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ Data: the project's synthetic generator at about ``--interactions`` interactions
 benchmark's sizing: N/20 users, N/50 items), through the ingestion + preprocessing node functions
 (5-core, leave-one-out with 10% unseen users), or ``--dataset lastfm|beauty`` from the shared data
 folder through the same protocol; the model trains on the seen users' train rows and validates on
-their valid rows, with ``conf/base/parameters_cf_pretraining.yml``'s settings.
+their valid rows, with the stages' settings: ``cf_pretraining.lightgcn`` (``conf/base/parameters_cf_pretraining.yml``)
+and ``baselines.mf`` (``conf/base/parameters_baselines.yml``).
 
 Per model and code version, each figure is a median over ``--repeats`` interleaved measurements:
 
@@ -18,9 +19,12 @@ Per model and code version, each figure is a median over ``--repeats`` interleav
 * ``valid s`` -- one full-ranking validation of every seen user (NDCG@20 for early stopping): the
   version's own validation call on the embeddings of a 1-epoch model.
 
-``--before-ref`` also loads ``models/cf.py`` and ``evaluation/ranking.py`` as they are at that git
-commit (``git show``) into this process and measures them the same way, interleaved with the
-current code, and prints the ratios: same process, same data, same load on the machine.
+``--before-ref`` also loads the package ``src/tokenrec_pipeline`` as it is at that git commit (``git
+archive`` into a temporary folder; ``models/cf.py`` before the split into ``models/cf/``, the package
+after it) into this process and measures its ``tokenrec_pipeline.models.cf`` the same way, interleaved
+with the current code, and prints the ratios: same process, same data, same load on the machine. The two
+versions never mix: while one is measured, ``sys.modules`` holds only its own ``tokenrec_pipeline``
+modules (:class:`PackageAtRef`), so even imports inside its functions resolve to its own tree.
 
 RecBole anchor: RecBole's ``LightGCN`` (``n_layers`` 3, d 64, the same batch size, learning rate
 and L2 weight, one uniform negative per positive) on exactly the same train / valid / test pairs
@@ -35,21 +39,31 @@ shared 2-core machines) in every process, RecBole's included.
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
+import importlib
 import importlib.util
+import io
 import json
+import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
 RESULT_MARK = "RECBOLE_RESULT "
-CF_PARAMS = Path("conf") / "base" / "parameters_cf_pretraining.yml"
+PACKAGE = "tokenrec_pipeline"
+# Where each model's settings are, as the stages read them: (file, top-level key).
+CF_PARAMS = {"lightgcn": (Path("conf") / "base" / "parameters_cf_pretraining.yml", "cf_pretraining"),
+             "mf": (Path("conf") / "base" / "parameters_baselines.yml", "baselines")}
 
 
 def _project_root() -> Path:
@@ -62,33 +76,85 @@ def _project_root() -> Path:
 # ----------------------------------------------------------------------------------------------
 
 
-def _module_from_source(name: str, source: str, path: str) -> types.ModuleType:
-    module = types.ModuleType(name)
-    module.__file__ = path
-    sys.modules[name] = module  # dataclasses look their module up while the class body runs
-    exec(compile(source, path, "exec"), module.__dict__)
-    return module
+def _package_modules() -> dict[str, types.ModuleType]:
+    """Every ``tokenrec_pipeline`` module now in ``sys.modules``."""
+    return {name: module for name, module in sys.modules.items()
+            if name == PACKAGE or name.startswith(PACKAGE + ".")}
 
 
-def load_cf_at_ref(ref: str, repo: Path) -> types.ModuleType:
-    """``models/cf.py`` as of git ``ref``, bound to ``evaluation/ranking.py`` of the same commit.
+def _swap_package(modules: dict[str, types.ModuleType]) -> dict[str, types.ModuleType]:
+    """Take every ``tokenrec_pipeline`` module out of ``sys.modules``, put ``modules`` in; return the ones taken."""
+    taken = _package_modules()
+    for name in taken:
+        del sys.modules[name]
+    sys.modules.update(modules)
+    return taken
 
-    The old evaluation module is put in ``sys.modules`` under its real name only while the old
-    ``cf`` source executes (so its ``from ... import`` binds the old functions), then restored.
+
+class PackageAtRef:
+    """``src/tokenrec_pipeline`` as of git ``ref``, importable in this process beside the current package.
+
+    ``git archive`` writes the commit's package into a temporary folder (kept until the process exits);
+    :meth:`load` imports its ``tokenrec_pipeline.models.cf`` (``models/cf.py`` before the split into a
+    package, ``models/cf/`` after: the same import either way) with that folder first on ``sys.path`` and no
+    current ``tokenrec_pipeline`` module in ``sys.modules``. :meth:`active` swaps the two sets of modules
+    around every call into the old code, so what it imports, then or later, is its own commit's.
     """
-    def show(path: str) -> str:
-        return subprocess.run(["git", "-C", str(repo), "show", f"{ref}:src/tokenrec_pipeline/models/{path}"],
-                              check=True, capture_output=True, text=True).stdout
 
-    name = "tokenrec_pipeline.evaluation.ranking"
-    current = sys.modules[name]
-    old_evaluation = _module_from_source(f"_cf_speed_before_{ref}_evaluation", show("evaluation.py"),
-                                         f"{ref}:evaluation.py")
-    sys.modules[name] = old_evaluation
-    try:
-        return _module_from_source(f"_cf_speed_before_{ref}_cf", show("cf.py"), f"{ref}:cf.py")
-    finally:
-        sys.modules[name] = current
+    def __init__(self, ref: str, repo: Path) -> None:
+        self.ref = ref
+        self.modules: dict[str, types.ModuleType] = {}
+        self.root = Path(tempfile.mkdtemp(prefix="cf_speed_before_"))
+        atexit.register(shutil.rmtree, self.root, True)
+        archived = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", ref, f"src/{PACKAGE}"],
+                                  capture_output=True)
+        if archived.returncode != 0:
+            sys.exit(f"error: --before-ref {ref!r}: git archive failed: {archived.stderr.decode().strip()}")
+        with tarfile.open(fileobj=io.BytesIO(archived.stdout)) as tar:
+            # the "data" filter (no absolute paths or links out of the folder) where this Python has it
+            tar.extractall(self.root, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+        self.src = self.root / "src"
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """The old package's modules in ``sys.modules`` (the current ones put back afterwards)."""
+        current = _swap_package(self.modules)
+        try:
+            yield
+        finally:
+            self.modules = _swap_package(current)
+
+    def load(self) -> types.ModuleType:
+        """``tokenrec_pipeline.models.cf`` of the commit (exits with a message when it has none)."""
+        with self.active():
+            sys.path.insert(0, str(self.src))
+            importlib.invalidate_caches()
+            try:
+                module = importlib.import_module(f"{PACKAGE}.models.cf")
+            except ImportError as error:
+                sys.exit(f"error: --before-ref {self.ref!r}: cannot import {PACKAGE}.models.cf of that commit "
+                         f"({error}).")
+            finally:
+                sys.path.remove(str(self.src))
+        if not Path(module.__file__).resolve().is_relative_to(self.src.resolve()):
+            sys.exit(f"error: --before-ref {self.ref!r}: imported {module.__file__}, not the commit's copy.")
+        return module
+
+
+class CurrentPackage:
+    """The code of this checkout, with the interface of :class:`PackageAtRef`."""
+
+    def __init__(self) -> None:
+        from tokenrec_pipeline.models import cf
+
+        self.module = cf
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        yield
+
+    def load(self) -> types.ModuleType:
+        return self.module
 
 
 # ----------------------------------------------------------------------------------------------
@@ -96,11 +162,17 @@ def load_cf_at_ref(ref: str, repo: Path) -> types.ModuleType:
 # ----------------------------------------------------------------------------------------------
 
 
-def model_config(cf_module: types.ModuleType, model: str, batch_size: int, **overrides):
-    """``cf_pretraining.<model>`` from the YAML as the given module's ``CFConfig`` (CPU, seed 0)."""
+def cf_params(model: str) -> dict:
+    """The model's YAML block as its stage reads it: ``cf_pretraining.lightgcn`` or ``baselines.mf``."""
     import yaml
 
-    params = yaml.safe_load(_project_root().joinpath(CF_PARAMS).read_text())["cf_pretraining"][model]
+    path, key = CF_PARAMS[model]
+    return yaml.safe_load(_project_root().joinpath(path).read_text())[key][model]
+
+
+def model_config(cf_module: types.ModuleType, model: str, batch_size: int, **overrides):
+    """``cf_params(model)`` as the given module's ``CFConfig`` (the keys it knows; CPU, seed 0)."""
+    params = cf_params(model)
     fields = set(cf_module.CFConfig.__dataclass_fields__)
     kwargs = {k: v for k, v in params.items() if k in fields}
     kwargs.update(model=model, batch_size=batch_size, device="cpu", seed=0, show_progress=False, **overrides)
@@ -129,24 +201,44 @@ def measure_model(cf_module: types.ModuleType, model: str, data: dict, batch_siz
     emb = torch.cat([result.user_embeddings, result.item_embeddings])
     valid = data["valid"]
     cpu, wall = time.process_time(), time.perf_counter()
-    cf_module.evaluate_inputs(valid, user_vectors=emb[torch.as_tensor(valid.users)], item_vectors=emb[data["n_seen"]:],
-                              ks=config.eval_ks, batch_size=config.eval_batch_size)
+    evaluate_inputs = _evaluate_inputs(cf_module)
+    evaluate_inputs(valid, user_vectors=emb[torch.as_tensor(valid.users)], item_vectors=emb[data["n_seen"]:],
+                    ks=config.eval_ks, batch_size=config.eval_batch_size)
     valid_cpu, valid_wall = time.process_time() - cpu, time.perf_counter() - wall
     return {"epoch_s": (many[0] - one[0]) / epochs, "wall_epoch_s": (many[1] - one[1]) / epochs,
             "valid_s": valid_cpu, "wall_valid_s": valid_wall}
 
 
+def _evaluate_inputs(cf_module: types.ModuleType):
+    """The version's full-ranking evaluator: ``evaluate_inputs`` as its ``cf`` module imports it (``models/cf.py``
+    and the ``models/cf/`` package both re-export it), else from its evaluation module."""
+    if hasattr(cf_module, "evaluate_inputs"):
+        return cf_module.evaluate_inputs
+    for name in (f"{PACKAGE}.evaluation.ranking", f"{PACKAGE}.models.evaluation"):
+        with contextlib.suppress(ImportError):
+            return importlib.import_module(name).evaluate_inputs
+    raise AttributeError(f"{cf_module.__name__} ({cf_module.__file__}) has no evaluate_inputs.")
+
+
+def one_based_best_epoch(result) -> int:
+    """The selected epoch counted from 1, as every trainer counts now (``training/loop.py``); CF code from
+    before that counted from 0 (its history's last ``epoch`` is ``epochs_run - 1``), so both versions'
+    figures read the same."""
+    last = int(result.history["epoch"].max()) if len(result.history) else int(result.epochs_run)
+    return int(result.best_epoch) + (1 if last == int(result.epochs_run) - 1 else 0)
+
+
 def measure_quality(cf_module: types.ModuleType, model: str, split, batch_size: int) -> dict:
     """The YAML's full training (early-stopped on valid NDCG@20, seed 0) and its test metrics.
 
-    Returns best epoch, epochs run, valid NDCG@20 of the selected epoch and test NDCG@20 of seen
-    users and of unseen users (fold-in), all through the given version's own code.
+    Returns best epoch (counted from 1 for either version), epochs run, valid NDCG@20 of the selected epoch
+    and test NDCG@20 of seen users and of unseen users (fold-in), all through the given version's own code.
     """
     config = model_config(cf_module, model, batch_size)
     result = cf_module.train_cf_from_splits(split, config)
     long, _ = cf_module.evaluate_cf(result, split, split="test")
     test = long[long["metric"] == "NDCG@20"].set_index("user_group")["value"]  # long layout: one row per metric
-    return {"best_epoch": int(result.best_epoch), "epochs_run": int(result.epochs_run),
+    return {"best_epoch": one_based_best_epoch(result), "epochs_run": int(result.epochs_run),
             "valid_ndcg20": float(result.best_valid_metrics["NDCG@20"]),
             "test_seen_ndcg20": float(test.get("seen", float("nan"))),
             "test_unseen_ndcg20": float(test.get("unseen", float("nan")))}
@@ -281,7 +373,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=3, help="E: epochs per timed fit after the first")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved measurements per version (median)")
     parser.add_argument("--models", nargs="+", choices=["lightgcn", "mf"], default=["lightgcn", "mf"])
-    parser.add_argument("--before-ref", default=None, help="also measure cf.py / evaluation.py at this git commit")
+    parser.add_argument("--before-ref", default=None,
+                        help="also measure the CF code (models/cf.py or models/cf/) of this git commit")
     parser.add_argument("--quality", action="store_true",
                         help="also train each version to early stopping and print valid / test NDCG@20")
     parser.add_argument("--recbole-python", type=Path, default=None,
@@ -289,27 +382,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recbole-epochs", type=int, default=2, help="RecBole epochs to time (0: no anchor)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the shared 2-core machines)")
     args = parser.parse_args(argv)
-
-    import yaml
-
     torch.set_num_threads(args.threads)
-    from tokenrec_pipeline.models import cf as cf_now
-
+    packages = {"now": CurrentPackage()}
+    if args.before_ref:  # archived first: a bad ref stops the benchmark before any work
+        packages[f"before ({args.before_ref[:10]})"] = PackageAtRef(args.before_ref, _project_root())
     data, sizes = prepare_data(args.interactions, args.dataset, args.shared_data)
     source = f"synthetic ~{args.interactions:,}" if args.dataset is None else args.dataset
     print(f"data: {source} -> {sizes['interactions']:,} interactions after 5-core "
           f"({sizes['users']:,} users, {sizes['items']:,} items); train pairs {len(data['users']):,} of "
           f"{data['n_seen']:,} seen users; {len(data['valid_users']):,} validation users; batch {args.batch_size}; "
           f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}", flush=True)
-    versions = {"now": cf_now}
-    if args.before_ref:
-        versions[f"before ({args.before_ref[:10]})"] = load_cf_at_ref(args.before_ref, _project_root())
+    versions = {label: package.load() for label, package in packages.items()}
 
     rows: dict[tuple[str, str], list[dict]] = {}
     for repeat in range(args.repeats):
         for model in args.models:
             for label, module in versions.items():
-                m = measure_model(module, model, data, args.batch_size, args.epochs)
+                with packages[label].active():
+                    m = measure_model(module, model, data, args.batch_size, args.epochs)
                 rows.setdefault((model, label), []).append(m)
                 print(f"  repeat {repeat + 1}: {model:<8} {label:<20} epoch {m['epoch_s']:.3f}s CPU "
                       f"({m['wall_epoch_s']:.3f}s wall), validation {m['valid_s']:.3f}s CPU "
@@ -319,16 +409,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.quality:
         for model in args.models:
             for label, module in versions.items():
-                q = measure_quality(module, model, data["split"], args.batch_size)
+                with packages[label].active():
+                    q = measure_quality(module, model, data["split"], args.batch_size)
                 quality[(model, label)] = q
                 print(f"  quality: {model:<8} {label:<20} best epoch {q['best_epoch']} of {q['epochs_run']}, "
                       f"valid NDCG@20 {q['valid_ndcg20']:.4f}, test NDCG@20 seen {q['test_seen_ndcg20']:.4f} / "
                       f"unseen {q['test_unseen_ndcg20']:.4f}", flush=True)
 
-    params = yaml.safe_load(_project_root().joinpath(CF_PARAMS).read_text())["cf_pretraining"]
     anchor = None
     if args.recbole_epochs > 0 and "lightgcn" in args.models:
-        anchor = run_recbole(data, args, float(params["lightgcn"]["lr"]), float(params["lightgcn"]["lambda_reg"]))
+        lightgcn = cf_params("lightgcn")
+        anchor = run_recbole(data, args, float(lightgcn["lr"]), float(lightgcn["lambda_reg"]))
 
     print(f"\nmedians of {args.repeats} interleaved measurements; CPU = this process' CPU seconds (stable on a shared "
           f"machine), wall = elapsed; epoch: (T(1+{args.epochs}) - T(1)) / {args.epochs}; validation: full ranking of "

@@ -146,15 +146,27 @@ def _item_vectors(n_items: int, rng: np.random.Generator):
     return torch.from_numpy(rng.standard_normal((n_items, 64)).astype(np.float32))
 
 
-def _llm4rec_model():
+def _user_tokenizer(rng: np.random.Generator):
+    """A fitted user tokenizer with the random token tables' K=3 x 256 codes (``parameters_tokenization.yml``
+    otherwise, one epoch on random vectors): the ``residual_user`` head decodes the prompt's user codes with it."""
+    from tokenrec_pipeline.pipelines.tokenization.nodes import fit_id_tokenizer
+
+    params = {**_params("tokenizer", "tokenization"), "n_codebooks": 3, "codebook_size": 256, "epochs": 1,
+              "patience": 1, "device": "cpu"}
+    return fit_id_tokenizer(_item_vectors(4 * 256, rng), params, params["quantizer"], params["user"], 0)
+
+
+def _llm4rec_model(item_vectors, rng: np.random.Generator):
+    """The default ``llm4rec.model`` (packaged MiniLM) with the 2*3*256 ID tokens, built as the llm4rec stage does."""
     import torch
 
     from tokenrec_pipeline.models.llm4rec import LLM4RecConfig, build_llm4rec
     from tokenrec_pipeline.models.tokenizers.tokens import token_vocabulary
 
     config = LLM4RecConfig.from_dict({**_params("llm4rec")["model"], "cf_dim": 64, "seed": 0})
+    user_tokenizer = _user_tokenizer(rng) if config.head == "residual_user" else None
     return build_llm4rec(config, token_vocabulary(3, 256, "u"), token_vocabulary(3, 256, "i"),
-                         device=torch.device("cpu"))
+                         device=torch.device("cpu"), user_tokenizer=user_tokenizer, item_vectors=item_vectors)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -259,13 +271,16 @@ def _lightgcn_step(train, config) -> Callable[[], dict]:
 
 def _llm4rec_step(split: pd.DataFrame, sizes: dict, rng: np.random.Generator) -> Callable[[], dict]:
     from tokenrec_pipeline.models.llm4rec import TrainConfig, train_llm4rec
+    from tokenrec_pipeline.pipelines.llm4rec.nodes import select_training_prompts
 
     train_prompts = _prompt_tables(split, rng)[0]
-    model = _llm4rec_model()
     items = _item_vectors(sizes["items"], rng)
+    model = _llm4rec_model(items, rng)
     batch = 32
-    base = {**_params("llm4rec")["training"], "epochs": 1, "batch_size": batch, "patience": None, "seed": 0,
-            "show_progress": False}
+    # Without the stage's own keys (train_user_tokens, samples_per_user), as the llm4rec node hands TrainConfig
+    # its block; which train table they pick does not matter here (random tokens) and the step count is set below.
+    _, training = select_training_prompts(train_prompts, train_prompts, _params("llm4rec")["training"])
+    base = {**training, "epochs": 1, "batch_size": batch, "patience": None, "seed": 0, "show_progress": False}
 
     def run(steps: int) -> float:
         start = time.perf_counter()
@@ -287,8 +302,9 @@ def _llm4rec_inference(split: pd.DataFrame, sizes: dict, rng: np.random.Generato
 
     test = _prompt_tables(split, rng)[2]
     test = test[test["variant"] == "full"].head(128)
-    model = _llm4rec_model().eval()
-    index = build_item_index(_item_vectors(sizes["items"], rng), use_gpu=False)
+    items = _item_vectors(sizes["items"], rng)
+    model = _llm4rec_model(items, rng).eval()
+    index = build_item_index(model.items_in_space(items).numpy(), use_gpu=False)  # as the indexing stage does
     prompts, histories = list(test["prompt"]), [list(h) for h in test["history"]]
     retrieve(model, index, prompts[:8], histories[:8], 20, batch_size=8)  # warm-up
 

@@ -75,15 +75,23 @@ def time_tokenisation(model, prompts: list[str], batch_size: int, batches: int) 
     return tokenise, collate
 
 
+def token_prefix(artefacts: dict, side: str) -> str:
+    """The side's token prefix as the llm4rec stage reads it, from the fitted tokenizer; a tokenizer saved before
+    it kept its prefix has none, and its run's prompts were written with ``tokenizer.<side>.token_prefix``."""
+    try:
+        return artefacts[f"{side}.tokenizer"].token_prefix
+    except ValueError:
+        return artefacts["tokenizer"][side]["token_prefix"]
+
+
 def training_speed(artefacts: dict, steps: int) -> tuple[pd.DataFrame, object]:
     """Steps per second of the default recipe from one fresh model, per (precision, length bucketing)."""
     llm4rec = resolve_recipe(artefacts["llm4rec"], artefacts["llm4rec_paper"], "default")
     prompts, training = select_training_prompts(artefacts["train_prompts"], artefacts["fold_in_train_prompts"],
                                                 llm4rec["training"])
     item_vectors = artefacts["cf_embeddings"]["item_embeddings"]
-    tokenizer = artefacts["tokenizer"]
     vocab = id_token_vocabularies(artefacts["user.tokenizer"], artefacts["item.tokenizer"],
-                                  tokenizer["user"]["token_prefix"], tokenizer["item"]["token_prefix"])
+                                  token_prefix(artefacts, "user"), token_prefix(artefacts, "item"))
     config = LLM4RecConfig.from_dict({**llm4rec["model"], "cf_dim": int(item_vectors.shape[1]),
                                       "seed": artefacts["seed"]})
     fresh = build_llm4rec(config, vocab["user_tokens"], vocab["item_tokens"], vocab["user_token_vectors"],

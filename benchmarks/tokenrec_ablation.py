@@ -3,13 +3,14 @@
     python -m benchmarks.tokenrec_ablation --datasets synthetic lastfm ml-100k \\
         [--variants paper mips residual_user ... default] [--set llm4rec.training.epochs=2] [--out ablation.csv]
 
-For each dataset the project's own pipelines (ingestion -> preprocessing -> cf_pretraining -> tokenization ->
-prompting) run in this process on an in-memory catalog with the parameters of ``conf/base`` (nothing under
-``data/`` is written; ``lastfm`` is the authors' LastFM sequences and ``ml-100k`` / ``beauty`` the files in
-``--shared-data``). Then LLM4Rec is trained once per variant with the same seed, prompts and budget, and
-each is evaluated under the protocol: validation NDCG@20 of the kept checkpoint, test HR@20 / NDCG@20 for
-seen and unseen users, the "User ID Only" prompt beside the full one, wall time and optimiser steps. Pop,
-MF, LightGCN and SASRec of the same run are printed beside them.
+For each dataset the project's own pipelines (ingestion -> preprocessing -> cf_pretraining -> baselines ->
+tokenization -> prompting) run in this process on an in-memory catalog with the parameters of ``conf/base``
+(nothing under ``data/`` is written; ``lastfm`` is the authors' LastFM sequences and ``ml-100k`` /
+``beauty`` the files in ``--shared-data``). Then LLM4Rec is trained once per variant with the same seed,
+prompts and budget, and each is evaluated under the protocol: validation NDCG@20 of the kept checkpoint,
+test HR@20 / NDCG@20 for seen and unseen users, the "User ID Only" prompt beside the full one, wall time
+and optimiser steps. The baselines stage's table of the same run (Pop, MF, LightGCN and SASRec: ``--baselines``)
+is printed beside them.
 
 Variants (``llm4rec`` parameters over the paper's recipe ``llm4rec_paper``):
 
@@ -44,7 +45,7 @@ from kedro.runner import SequentialRunner
 from tokenrec_pipeline.evaluation.ranking import metrics_wide
 from tokenrec_pipeline.io.datasets import RawDataDirectory
 from tokenrec_pipeline.models.tokenrec import evaluate_prompt_variants
-from tokenrec_pipeline.pipelines import cf_pretraining, ingestion, preprocessing, prompting, tokenization
+from tokenrec_pipeline.pipelines import baselines, cf_pretraining, ingestion, preprocessing, prompting, tokenization
 from tokenrec_pipeline.pipelines.llm4rec.nodes import resolve_recipe, train_recipe
 
 logger = logging.getLogger(__name__)
@@ -112,9 +113,10 @@ class _KeptDataset(MemoryDataset):
 
 
 def run_upstream(params: dict, shared_data: Path) -> dict[str, object]:
-    """The data, CF, tokenizer and prompt stages on an in-memory catalog; returns every dataset they produce."""
+    """The data, CF (the teacher), baselines, tokenizer and prompt stages on an in-memory catalog; returns every
+    dataset they produce (``baseline_metrics``, the baselines stage's table, among them)."""
     pipeline = (ingestion.create_pipeline() + preprocessing.create_pipeline() + cf_pretraining.create_pipeline()
-                + tokenization.create_pipeline() + prompting.create_pipeline())
+                + baselines.create_pipeline() + tokenization.create_pipeline() + prompting.create_pipeline())
     catalog = DataCatalog()
     catalog["raw_data"] = RawDataDirectory(str(shared_data), download=False)
     for name, value in _parameter_entries(params).items():
@@ -177,8 +179,9 @@ def id_token_drift(model, data: dict, params: dict, llm4rec: dict) -> float:
     from tokenrec_pipeline.models.llm4rec import LLM4RecConfig, build_llm4rec
     from tokenrec_pipeline.models.tokenrec import id_token_vocabularies
 
-    prefixes = params["tokenizer"]["user"]["token_prefix"], params["tokenizer"]["item"]["token_prefix"]
-    vocab = id_token_vocabularies(data["user.tokenizer"], data["item.tokenizer"], *prefixes)
+    user_tokenizer, item_tokenizer = data["user.tokenizer"], data["item.tokenizer"]
+    vocab = id_token_vocabularies(user_tokenizer, item_tokenizer, user_tokenizer.token_prefix,
+                                  item_tokenizer.token_prefix)
     item_vectors = data["cf_embeddings"]["item_embeddings"]
     config = LLM4RecConfig.from_dict({**llm4rec["model"], "cf_dim": int(item_vectors.shape[1]), "seed": params["seed"]})
     initial = build_llm4rec(config, vocab["user_tokens"], vocab["item_tokens"], vocab["user_token_vectors"],
@@ -188,7 +191,7 @@ def id_token_drift(model, data: dict, params: dict, llm4rec: dict) -> float:
 
 
 def baseline_rows(data: dict) -> list[dict]:
-    """Pop / MF / LightGCN / SASRec of the same run, in the same columns."""
+    """The baselines of the same run (``baseline_metrics``: those in ``--baselines``), in the same columns."""
     wide = metrics_wide(data["baseline_metrics"])
     rows = []
     for model in wide["model"].unique():
