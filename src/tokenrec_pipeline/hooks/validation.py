@@ -172,12 +172,14 @@ class MlflowRunStatusHooks:
     @hook_impl
     def before_pipeline_run(self, run_params: dict, pipeline: Pipeline, catalog) -> None:
         # kedro-mlflow's before_pipeline_run (a plugin hook, called before the project's) opened the run.
+        # The handlers go in first: a signal that arrives while the run is being tagged or orphans are closed
+        # (an MLflow query) must already end this run KILLED.
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._on_signal) for sig in self.SIGNALS}
         run = mlflow.active_run()
         if run is not None:
             mlflow.set_tags({self.PID_TAG: str(os.getpid()), self.HOST_TAG: socket.gethostname()})
             self._close_orphans(run.info.experiment_id, run.info.run_id)
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._on_signal) for sig in self.SIGNALS}
 
     def _close_orphans(self, experiment_id: str, own_run_id: str) -> None:
         """Runs of this machine still RUNNING although their process is gone (SIGKILL, power loss) -> KILLED."""
