@@ -11,8 +11,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
-from tests.conftest import TINY, run_kedro, tree_digest
+from tests.conftest import TINY, run_kedro_cli, tree_digest
 
 
 def _distributed_tiny() -> dict:
@@ -23,9 +24,12 @@ def _distributed_tiny() -> dict:
 
 
 @pytest.mark.slow
-def test_distributed_full_run_then_a_failing_worker_leaves_the_model_intact(kedro_project, tiny_full_run):
-    params = _distributed_tiny()
-    run_kedro(kedro_project, ["full"], params)
+def test_distributed_full_run_then_a_failing_worker_leaves_the_model_intact(tiny_full_copy, tiny_full_run):
+    # The in-process full run's artefacts up to the prompts; from LLM4Rec on, `full` reruns with 2 DDP processes
+    # (training, index, evaluation, reporting, the logged model): the stages DDP changes, not the ones before.
+    kedro_project = tiny_full_copy
+    (kedro_project / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump(_distributed_tiny()))
+    run_kedro_cli(kedro_project, "--pipelines=full", "--from-nodes=llm4rec.train_llm4rec_model")
 
     table = pd.read_csv(kedro_project / "data/08_reporting/evaluation_metrics.csv")
     in_process = pd.read_csv(tiny_full_run / "data/08_reporting/evaluation_metrics.csv")
@@ -39,8 +43,8 @@ def test_distributed_full_run_then_a_failing_worker_leaves_the_model_intact(kedr
     assert history["epoch"].tolist() == [0, 1, 2] and history["samples"].tolist() == [0, 32, 32]
 
     mlflow.set_tracking_uri(f"sqlite:///{kedro_project / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["tokenrec_pipeline"])
-    assert len(runs) == 1  # rank 0 logged into the kedro run, no run of its own
+    runs = mlflow.search_runs(experiment_names=["tokenrec_pipeline"], order_by=["attributes.start_time DESC"])
+    assert len(runs) == 2  # the copied full run and this one: rank 0 logged into the kedro run, no run of its own
     run = runs.iloc[0]
     assert run["params.llm4rec.distributed.enabled"] == "True"
     loss_curve = mlflow.MlflowClient().get_metric_history(run["run_id"], "train.llm4rec.loss")
