@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 
 import yaml
 
@@ -23,3 +24,14 @@ def apply_set_overrides(configs: dict[str, dict], items: Iterable[str] | None, f
             sys.exit(f"error: --set {item!r}: model must be one of {'|'.join(configs)} and key one of "
                      f"{', '.join(sorted(fields))}.")
         configs[model][key] = yaml.safe_load(raw)
+
+
+def yaml_section(path: Path, key: str) -> dict:
+    """The top-level ``key`` block of the YAML file ``path`` (exits with a message when either is missing)."""
+    if not path.is_file():
+        sys.exit(f"error: {path} not found; run from the project root or pass --conf-dir.")
+    with open(path, encoding="utf-8") as handle:
+        section = (yaml.safe_load(handle) or {}).get(key)
+    if not isinstance(section, dict):
+        sys.exit(f"error: {path} has no '{key}' section.")
+    return section

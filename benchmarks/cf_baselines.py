@@ -26,9 +26,8 @@ from dataclasses import fields
 from pathlib import Path
 
 import torch
-import yaml
 
-from benchmarks import apply_set_overrides
+from benchmarks import apply_set_overrides, yaml_section
 from tokenrec_pipeline.data.preprocess import filter_k_core, split_leave_one_out, to_implicit_feedback
 from tokenrec_pipeline.data.sources import read_sequences
 from tokenrec_pipeline.evaluation.ranking import metrics_wide
@@ -54,17 +53,6 @@ def _default_conf_dir() -> Path:
     return Path(__file__).resolve().parents[1] / CONF
 
 
-def _yaml_section(path: Path, key: str) -> dict:
-    """The top-level ``key`` block of the YAML file ``path`` (exits with a message when either is missing)."""
-    if not path.is_file():
-        sys.exit(f"error: {path} not found; run from the project root or pass --conf-dir.")
-    with open(path, encoding="utf-8") as handle:
-        section = (yaml.safe_load(handle) or {}).get(key)
-    if not isinstance(section, dict):
-        sys.exit(f"error: {path} has no '{key}' section.")
-    return section
-
-
 def load_model_configs(args: argparse.Namespace) -> tuple[dict[str, dict], str]:
     """Per model (``mf``, ``lightgcn``) the CFConfig kwargs: YAML defaults < shared flags < ``--set``.
 
@@ -72,10 +60,10 @@ def load_model_configs(args: argparse.Namespace) -> tuple[dict[str, dict], str]:
     as the ``baselines`` and ``cf_pretraining`` stages read them; the fold-in rule is ``cf_pretraining.fold_in``."""
     conf_dir = args.conf_dir or _default_conf_dir()
     file, key, _ = FOLD_IN_PARAMS
-    fold_in = args.fold_in or _yaml_section(conf_dir / file, key).get("fold_in", "symmetric")
+    fold_in = args.fold_in or yaml_section(conf_dir / file, key).get("fold_in", "symmetric")
     configs = {}
     for model, (file, key, block) in MODEL_PARAMS.items():
-        params = _yaml_section(conf_dir / file, key)
+        params = yaml_section(conf_dir / file, key)
         if not isinstance(params.get(block), dict):
             sys.exit(f"error: {conf_dir / file} has no {key}.{block} section.")
         cfg = {k: v for k, v in params[block].items() if k in CF_FIELDS}

@@ -39,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
+from benchmarks import yaml_section
 from tokenrec_pipeline.data.preprocess import filter_k_core, split_leave_one_out, to_implicit_feedback
 from tokenrec_pipeline.data.sources import read_sequences
 from tokenrec_pipeline.evaluation.ranking import eval_inputs_from_splits
@@ -77,16 +77,6 @@ def _conf_dir(explicit: Path | None) -> Path:
     return here if (here / TOK_PARAMS).is_file() else Path(__file__).resolve().parents[1] / CONF
 
 
-def _load_yaml(path: Path, key: str) -> dict:
-    if not path.is_file():
-        sys.exit(f"error: {path} not found; run from the project root or pass --conf-dir.")
-    with open(path, encoding="utf-8") as handle:
-        params = (yaml.safe_load(handle) or {}).get(key)
-    if not isinstance(params, dict):
-        sys.exit(f"error: {path} has no '{key}' section.")
-    return params
-
-
 def _per_dataset(values: list[str] | None, dataset: str, flag: str) -> int | None:
     """``['30']`` -> 30 for every dataset; ``['beauty=30']`` -> 30 for beauty only (None elsewhere)."""
     out = None
@@ -107,7 +97,7 @@ def _per_dataset(values: list[str] | None, dataset: str, flag: str) -> int | Non
 
 def cf_config(conf_dir: Path, dataset: str, args: argparse.Namespace) -> tuple[dict, str]:
     """CFConfig kwargs (``cf_pretraining.lightgcn``, epochs capped by ``--cf-epochs``) and the fold-in method."""
-    params = _load_yaml(conf_dir / CF_PARAMS, "cf_pretraining")
+    params = yaml_section(conf_dir / CF_PARAMS, "cf_pretraining")
     if "lightgcn" not in params:
         sys.exit(f"error: {conf_dir / CF_PARAMS} has no cf_pretraining.lightgcn section.")
     cfg = {k: v for k, v in params["lightgcn"].items() if k in CF_FIELDS}
@@ -125,7 +115,7 @@ def cf_config(conf_dir: Path, dataset: str, args: argparse.Namespace) -> tuple[d
 def tokenizer_config(conf_dir: Path, side: str, quantizer: str, dataset: str,
                      args: argparse.Namespace) -> TokenizerConfig:
     """YAML ``tokenizer`` values < ``tokenizer.<side>.overrides`` < quantizer / K / L / seed (/ epochs cap)."""
-    params = _load_yaml(conf_dir / TOK_PARAMS, "tokenizer")
+    params = yaml_section(conf_dir / TOK_PARAMS, "tokenizer")
     shared = {k: v for k, v in params.items() if k not in ("user", "item")}
     overrides = dict((params.get(side) or {}).get("overrides") or {})
     merged = {**shared, **overrides, "quantizer": quantizer, "n_codebooks": args.n_codebooks,
