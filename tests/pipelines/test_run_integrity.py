@@ -143,3 +143,21 @@ def test_sigkilled_run_is_marked_killed_by_the_next_and_sigint_ends_killed(kedro
             second.kill()
             second.wait(timeout=60)
     assert _status(kedro_project, interrupted_run) == "KILLED"
+
+    # Later interrupts land in MLflow calls or nodes; each still ends its run KILLED (none FAILED, FINISHED or
+    # left RUNNING: the handler makes no MLflow call, on_pipeline_error and the exit handler end the run).
+    seen = {killed_run, interrupted_run}
+    for delay in (0.3, 1.5):
+        third = subprocess.Popen(command, cwd=kedro_project, env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        try:
+            run = _wait_for_running(kedro_project, seen)
+            time.sleep(delay)
+            third.send_signal(signal.SIGINT)
+            assert third.wait(timeout=120) != 0
+        finally:
+            if third.poll() is None:
+                third.kill()
+                third.wait(timeout=60)
+        seen.add(run)
+        assert _status(kedro_project, run) == "KILLED", f"SIGINT {delay} s after the run started"

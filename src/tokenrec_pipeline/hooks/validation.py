@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
@@ -168,15 +169,25 @@ class MlflowRunStatusHooks:
 
     def __init__(self) -> None:
         self._previous: dict[int, Any] = {}
+        self._run_id: str | None = None
+        self._signalled: int | None = None
+        self._exit_handler_registered = False
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict, pipeline: Pipeline, catalog) -> None:
         # kedro-mlflow's before_pipeline_run (a plugin hook, called before the project's) opened the run.
         # The handlers go in first: a signal that arrives while the run is being tagged or orphans are closed
         # (an MLflow query) must already end this run KILLED.
+        self._signalled = None
         if threading.current_thread() is threading.main_thread():
             self._previous = {sig: signal.signal(sig, self._on_signal) for sig in self.SIGNALS}
+        if not self._exit_handler_registered:
+            # After kedro-mlflow started the run, so this runs before MLflow's own exit handler (which would end
+            # a still-active run FINISHED).
+            atexit.register(self._end_killed_run)
+            self._exit_handler_registered = True
         run = mlflow.active_run()
+        self._run_id = run.info.run_id if run is not None else None
         if run is not None:
             mlflow.set_tags({self.PID_TAG: str(os.getpid()), self.HOST_TAG: socket.gethostname()})
             self._close_orphans(run.info.experiment_id, run.info.run_id)
@@ -194,11 +205,24 @@ class MlflowRunStatusHooks:
                                run.info.run_id, pid)
 
     def _on_signal(self, signum: int, frame) -> None:
+        # No MLflow call here: the signal may have interrupted one (a tracking-store transaction). The run is ended
+        # KILLED where the interrupt lands: on_pipeline_error, or at exit (_end_killed_run).
+        self._signalled = signum
         self._restore()
-        _end_mlflow_runs(RunStatus.KILLED)
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
         raise SystemExit(128 + signum)
+
+    def _end_killed_run(self) -> None:
+        """At exit after a signal: end this process's MLflow run(s) as KILLED (whatever ended them before)."""
+        if self._signalled is None:
+            return
+        try:
+            _end_mlflow_runs(RunStatus.KILLED)
+            if self._run_id is not None:
+                mlflow.MlflowClient().set_terminated(self._run_id, RunStatus.to_string(RunStatus.KILLED))
+        except Exception:  # at exit: report, never raise
+            logger.warning("Could not mark MLflow run %s KILLED.", self._run_id, exc_info=True)
 
     def _restore(self) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -213,3 +237,9 @@ class MlflowRunStatusHooks:
     @hook_impl
     def on_pipeline_error(self, error: Exception, run_params: dict, pipeline: Pipeline, catalog) -> None:
         self._restore()
+        # kedro-mlflow's on_pipeline_error (a plugin hook, called before this one) has just marked the run FAILED;
+        # a run stopped by a signal was killed, not failed (the interrupt can surface as another exception when it
+        # cuts a library call short).
+        if self._signalled is not None and self._run_id is not None:
+            mlflow.MlflowClient().set_terminated(self._run_id, RunStatus.to_string(RunStatus.KILLED))
+            logger.warning("MLflow run %s ended as KILLED (signal %d).", self._run_id, self._signalled)
