@@ -209,9 +209,20 @@ class MlflowRunStatusHooks:
         # KILLED where the interrupt lands: on_pipeline_error, or at exit (_end_killed_run).
         self._signalled = signum
         self._restore()
-        if signum == signal.SIGINT:
+        self._raise_for_signal()
+
+    def _raise_for_signal(self) -> None:
+        """KeyboardInterrupt for SIGINT, SystemExit(128 + n) for SIGTERM, once a signal was received."""
+        if self._signalled == signal.SIGINT:
             raise KeyboardInterrupt
-        raise SystemExit(128 + signum)
+        if self._signalled is not None:
+            raise SystemExit(128 + self._signalled)
+
+    @hook_impl
+    def before_node_run(self, node, catalog, inputs, is_async, run_id) -> None:
+        # The handler's exception can be swallowed where it lands (Python ignores exceptions raised in __del__ and
+        # other finalizers, which the handler can interrupt): the next node boundary stops the run instead.
+        self._raise_for_signal()
 
     def _end_killed_run(self) -> None:
         """At exit after a signal: end this process's MLflow run(s) as KILLED (whatever ended them before)."""
@@ -233,6 +244,7 @@ class MlflowRunStatusHooks:
     @hook_impl
     def after_pipeline_run(self, run_params: dict, run_result, pipeline: Pipeline, catalog) -> None:
         self._restore()
+        self._raise_for_signal()  # a signal swallowed during the last node: still a stopped run, not a finished one
 
     @hook_impl
     def on_pipeline_error(self, error: Exception, run_params: dict, pipeline: Pipeline, catalog) -> None:
