@@ -109,6 +109,16 @@ def _wait_for_running(project: Path, exclude: set[str], timeout: float = 180.0) 
     raise AssertionError("no MLflow run started")
 
 
+def _wait_for_node_output(project: Path, since: float, timeout: float = 120.0) -> None:
+    """Until some node of a run started at ``since`` has written an artefact (the run is past its start-up hooks)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(path.is_file() and path.stat().st_mtime > since for path in (project / "data").glob("0*/**/*")):
+            return
+        time.sleep(0.2)
+    raise AssertionError("no node wrote an artefact")
+
+
 def _status(project: Path, run_id: str, timeout: float = 0.0) -> str:
     deadline = time.monotonic() + timeout
     status = _running_with_pid(project).get(run_id, "")
@@ -131,11 +141,13 @@ def test_sigkilled_run_is_marked_killed_by_the_next_and_sigint_ends_killed(kedro
         first.wait(timeout=60)
     assert _status(kedro_project, killed_run) == "RUNNING"  # SIGKILL cannot be caught
 
+    started = time.time()
     second = subprocess.Popen(command, cwd=kedro_project, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
         interrupted_run = _wait_for_running(kedro_project, {killed_run})
         assert _status(kedro_project, killed_run, timeout=30) == "KILLED"  # the next run closed the orphan
+        _wait_for_node_output(kedro_project, started)  # Ctrl-C while the pipeline's nodes run
         second.send_signal(signal.SIGINT)
         assert second.wait(timeout=120) != 0
     finally:
@@ -144,14 +156,16 @@ def test_sigkilled_run_is_marked_killed_by_the_next_and_sigint_ends_killed(kedro
             second.wait(timeout=60)
     assert _status(kedro_project, interrupted_run) == "KILLED"
 
-    # Later interrupts land in MLflow calls or nodes; each still ends its run KILLED (none FAILED, FINISHED or
-    # left RUNNING: the handler makes no MLflow call, on_pipeline_error and the exit handler end the run).
+    # Later interrupts land in other nodes and MLflow calls; each still ends its run KILLED (none FAILED, FINISHED
+    # or left RUNNING: the handler makes no MLflow call, on_pipeline_error and the exit handler end the run).
     seen = {killed_run, interrupted_run}
     for delay in (0.3, 1.5):
+        started = time.time()
         third = subprocess.Popen(command, cwd=kedro_project, env=env, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
         try:
             run = _wait_for_running(kedro_project, seen)
+            _wait_for_node_output(kedro_project, started)
             time.sleep(delay)
             third.send_signal(signal.SIGINT)
             assert third.wait(timeout=120) != 0
